@@ -1,0 +1,343 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled hot path: the twin of ``_fast_py.py`` (read that for the spec).
+
+Same names, same behaviour, byte for byte; ``_kernel.py`` is the only
+module that imports either.  Input is taken through the buffer protocol and
+scanned with ``memchr``/``memcpy``; nothing here knows about sockets.
+"""
+
+cimport cython
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
+from libc.string cimport memchr, memcpy, memmove
+
+from .errors import ConnectionDied, PartialLineError
+
+__all__ = ["Encoder", "Writer", "ReplyReader", "HUGESMTPTEXT", "QMAIL_BLOCK"]
+
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF
+
+cdef extern from "Python.h":
+    # Raw-reference forms, so the result can be shrunk in place.
+    PyObject *PyBytes_FromStringAndSize_raw "PyBytes_FromStringAndSize"(
+        const char *, Py_ssize_t) except NULL
+    char *PyBytes_AS_STRING_raw "PyBytes_AS_STRING"(PyObject *) nogil
+    int _PyBytes_Resize(PyObject **, Py_ssize_t) except -1
+
+
+cdef enum:
+    # qmail-remote.c HUGESMTPTEXT: how much reply text is kept.
+    C_HUGESMTPTEXT = 5000
+    # qmail-remote.c smtptobuf[1024]: netqmail's output buffer size.
+    C_QMAIL_BLOCK = 1024
+    # Input is encoded in slices of this size, so the output buffer needs at
+    # most 2 * C_SLICE bytes of headroom (each input byte gives <= 2 bytes).
+    C_SLICE = 65536
+
+HUGESMTPTEXT = C_HUGESMTPTEXT
+QMAIL_BLOCK = C_QMAIL_BLOCK
+DEFAULT_BUFFER = 256 * 1024
+
+cdef enum ReplyState:
+    S_CODE
+    S_NEXT
+    S_CONT_LINE
+    S_SKIP3
+    S_LAST_LINE
+
+
+cdef struct BlastState:
+    bint at_line_start
+    # Fill of netqmail's 1024-byte smtpto buffer, 0..1024: tells where that
+    # buffer would have been flushed (see Writer.flush_committed).
+    Py_ssize_t block_fill
+
+
+cdef inline Py_ssize_t blast_into(BlastState *st, const unsigned char *src,
+                                  Py_ssize_t n, unsigned char *dst) noexcept nogil:
+    """netqmail blast() on one slice; returns the bytes written to dst.
+
+    dst must have room for 2 * n bytes.
+    """
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t j = 0
+    cdef Py_ssize_t seg
+    cdef Py_ssize_t puts
+    cdef const unsigned char *lf
+    while i < n:
+        puts = 0
+        if st.at_line_start:
+            st.at_line_start = False
+            if src[i] == b'.':
+                dst[j] = b'.'
+                j += 1
+                puts = 1
+        lf = <const unsigned char *>memchr(src + i, b'\n', <size_t>(n - i))
+        seg = (lf - (src + i)) if lf != NULL else (n - i)
+        memcpy(dst + j, src + i, <size_t>seg)
+        j += seg
+        i += seg
+        puts += seg
+        # One-byte puts: a full buffer is flushed when the next byte comes.
+        if puts:
+            st.block_fill = ((st.block_fill + puts - 1) & (C_QMAIL_BLOCK - 1)) + 1
+        if lf != NULL:
+            dst[j] = b'\r'
+            dst[j + 1] = b'\n'
+            j += 2
+            i += 1
+            # The two-byte "\r\n" put flushes a buffer holding 1023 bytes.
+            if st.block_fill >= C_QMAIL_BLOCK - 1:
+                st.block_fill = 2
+            else:
+                st.block_fill += 2
+            st.at_line_start = True
+    return j
+
+
+@cython.final
+cdef class Encoder:
+    """Streaming ``blast()``: feed chunks of any size, then :meth:`finish`."""
+
+    cdef BlastState _st
+
+    def __cinit__(self):
+        self._st.at_line_start = True
+        self._st.block_fill = 0
+
+    def encode(self, data):
+        """Return the wire bytes for one chunk of the message."""
+        cdef Py_buffer view
+        cdef PyObject *raw
+        cdef Py_ssize_t written
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            # Worst case every byte doubles; the unused tail is given back.
+            raw = PyBytes_FromStringAndSize_raw(NULL, 2 * view.len)
+            with nogil:
+                written = blast_into(&self._st, <const unsigned char *>view.buf,
+                                     view.len, <unsigned char *>PyBytes_AS_STRING_raw(raw))
+        finally:
+            PyBuffer_Release(&view)
+        _PyBytes_Resize(&raw, written)
+        out = <object>raw
+        Py_DECREF(out)
+        return out
+
+    def finish(self):
+        """Return the terminator, or raise PartialLineError."""
+        if not self._st.at_line_start:
+            raise PartialLineError()
+        return b".\r\n"
+
+
+@cython.final
+cdef class Writer:
+    """Buffered writer for commands and the encoded body.
+
+    ``send(data)`` must send all of ``data`` or raise; the writer knows
+    nothing about sockets.  ``size`` is the flush threshold.
+    """
+
+    cdef object _send
+    cdef bytearray _buf
+    cdef Py_ssize_t _len
+    cdef Py_ssize_t _size
+    cdef Py_ssize_t _sent
+    cdef bint _in_body
+    cdef BlastState _st
+
+    def __cinit__(self, send, Py_ssize_t size=DEFAULT_BUFFER):
+        if size < C_QMAIL_BLOCK:
+            size = C_QMAIL_BLOCK
+        self._send = send
+        self._size = size
+        self._buf = bytearray(size + 2 * C_SLICE)
+        self._len = 0
+        self._sent = 0
+        self._in_body = False
+        self._st.at_line_start = True
+        self._st.block_fill = 0
+
+    @property
+    def pending(self):
+        """Bytes buffered and not yet sent."""
+        return self._len
+
+    @property
+    def sent(self):
+        """Bytes handed to ``send`` so far."""
+        return self._sent
+
+    cdef inline unsigned char *_reserve(self, Py_ssize_t extra) except NULL:
+        if self._len + extra > len(self._buf):
+            PyByteArray_Resize(self._buf, self._len + extra)
+        return <unsigned char *>PyByteArray_AS_STRING(self._buf)
+
+    def write(self, data):
+        """Buffer raw bytes (an SMTP command)."""
+        cdef Py_buffer view
+        cdef unsigned char *dst
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            dst = self._reserve(view.len)
+            memcpy(dst + self._len, view.buf, <size_t>view.len)
+            self._len += view.len
+        finally:
+            PyBuffer_Release(&view)
+
+    def flush(self):
+        """Send everything that is buffered."""
+        self._send_upto(self._sent + self._len)
+
+    def begin_body(self):
+        """Start a message body: the next byte is at a line start."""
+        self._in_body = True
+        self._st.at_line_start = True
+        self._st.block_fill = 0
+
+    def body(self, data):
+        """Encode one chunk of the message into the buffer."""
+        cdef Py_buffer view
+        cdef const unsigned char *src
+        cdef unsigned char *dst
+        cdef Py_ssize_t done = 0
+        cdef Py_ssize_t take
+        cdef Py_ssize_t written
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            src = <const unsigned char *>view.buf
+            while done < view.len:
+                take = view.len - done
+                if take > C_SLICE:
+                    take = C_SLICE
+                dst = self._reserve(2 * take)
+                with nogil:
+                    written = blast_into(&self._st, src + done, take, dst + self._len)
+                self._len += written
+                done += take
+                if self._len >= self._size:
+                    self._flush_committed()
+        finally:
+            PyBuffer_Release(&view)
+
+    def flush_committed(self):
+        """Send the body bytes netqmail would already have written."""
+        self._flush_committed()
+
+    cdef int _flush_committed(self) except -1:
+        self._send_upto(self._sent + self._len - self._st.block_fill)
+        return 0
+
+    def end_body(self):
+        """Finish the body: buffer ``.\\r\\n``, or raise PartialLineError."""
+        cdef unsigned char *dst
+        if not self._st.at_line_start:
+            self._flush_committed()
+            self._in_body = False
+            raise PartialLineError()
+        self._in_body = False
+        dst = self._reserve(3)
+        memcpy(dst + self._len, b".\r\n", 3)
+        self._len += 3
+
+    cdef int _send_upto(self, Py_ssize_t offset) except -1:
+        cdef Py_ssize_t n = offset - self._sent
+        cdef unsigned char *base
+        if n <= 0:
+            return 0
+        view = memoryview(self._buf)
+        try:
+            self._send(view[:n])
+        finally:
+            view.release()
+        base = <unsigned char *>PyByteArray_AS_STRING(self._buf)
+        memmove(base, base + n, <size_t>(self._len - n))
+        self._len -= n
+        self._sent += n
+        return 0
+
+
+@cython.final
+cdef class ReplyReader:
+    """Reads SMTP replies with netqmail ``smtpcode()`` semantics.
+
+    ``recv()`` returns the next bytes from the server, ``b""`` at EOF (a
+    drop: ConnectionDied), or raises.  Bytes after a reply are kept for the
+    next one.
+    """
+
+    cdef object _recv
+    cdef bytes _data
+    cdef Py_ssize_t _pos
+    cdef ReplyState _state
+    cdef int _count
+    cdef unsigned long long _code
+    cdef bint _digits
+    cdef Py_ssize_t _textlen
+    cdef unsigned char _text[C_HUGESMTPTEXT]
+
+    def __cinit__(self, recv):
+        self._recv = recv
+        self._data = b""
+        self._pos = 0
+
+    def read(self):
+        """Return ``(code, text, digits)`` for the next reply."""
+        self._state = S_CODE
+        self._count = 0
+        self._code = 0
+        self._digits = True
+        self._textlen = 0
+        while True:
+            if self._pos < len(self._data):
+                if self._scan():
+                    return (self._code,
+                            PyBytes_FromStringAndSize(<char *>self._text, self._textlen),
+                            bool(self._digits))
+            data = self._recv()
+            if not data:
+                raise ConnectionDied()
+            self._data = bytes(data)
+            self._pos = 0
+
+    cdef bint _scan(self):
+        cdef const unsigned char *d = <const unsigned char *>PyBytes_AS_STRING(self._data)
+        cdef Py_ssize_t n = len(self._data)
+        cdef Py_ssize_t pos = self._pos
+        cdef unsigned char ch
+        while pos < n:
+            ch = d[pos]
+            pos += 1
+            if ch != b'\r' and self._textlen < C_HUGESMTPTEXT:
+                self._text[self._textlen] = ch
+                self._textlen += 1
+            if self._state == S_CODE:
+                self._code = self._code * 10 + <unsigned long long>(<long long>ch - 48)
+                if ch < b'0' or ch > b'9':
+                    self._digits = False
+                self._count += 1
+                if self._count == 3:
+                    self._state = S_NEXT
+            elif self._state == S_NEXT:
+                if ch == b'-':
+                    self._state = S_CONT_LINE
+                elif ch == b'\n':
+                    self._pos = pos
+                    return True
+                else:
+                    self._state = S_LAST_LINE
+            elif self._state == S_SKIP3:
+                self._count += 1
+                if self._count == 3:
+                    self._state = S_NEXT
+            elif ch == b'\n':
+                if self._state == S_LAST_LINE:
+                    self._pos = pos
+                    return True
+                self._state = S_SKIP3
+                self._count = 0
+        self._pos = pos
+        return False

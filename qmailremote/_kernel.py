@@ -1,0 +1,32 @@
+"""The one place that picks the compiled kernel or its pure-Python twin.
+
+``QMAILREMOTE_NO_EXTENSIONS=1`` (any non-empty value) selects the pure twin,
+as it does at build time.  Otherwise the compiled ``_fast`` is used when it
+imports, and ``_fast_py`` when it does not (a broken build is caught by the
+test suite, which asserts the compiled kernel is what a default install
+loads).
+"""
+
+import os
+from typing import TYPE_CHECKING
+
+__all__ = ["Encoder", "Writer", "ReplyReader", "HUGESMTPTEXT", "QMAIL_BLOCK",
+           "DEFAULT_BUFFER", "COMPILED"]
+
+if TYPE_CHECKING:
+    from ._fast_py import (DEFAULT_BUFFER, HUGESMTPTEXT, QMAIL_BLOCK, Encoder,
+                           ReplyReader, Writer)
+    COMPILED = False
+elif os.environ.get("QMAILREMOTE_NO_EXTENSIONS"):
+    from ._fast_py import (DEFAULT_BUFFER, HUGESMTPTEXT, QMAIL_BLOCK, Encoder,
+                           ReplyReader, Writer)
+    COMPILED = False
+else:
+    try:
+        from ._fast import (DEFAULT_BUFFER, HUGESMTPTEXT, QMAIL_BLOCK, Encoder,
+                            ReplyReader, Writer)
+        COMPILED = True
+    except ImportError:
+        from ._fast_py import (DEFAULT_BUFFER, HUGESMTPTEXT, QMAIL_BLOCK,
+                               Encoder, ReplyReader, Writer)
+        COMPILED = False
