@@ -1,0 +1,147 @@
+"""The home directory and the control files, with netqmail 1.06's rules.
+
+netqmail ``chdir``s to its home and reads ``control/me``,
+``control/timeoutremote``, ``control/timeoutconnect``, ``control/helohost``
+and ``control/smtproutes``, in that order (``getcontrols``; reference
+section 4).  Here the home is opened as a directory descriptor instead of
+being made the working directory, so that the :func:`qmailremote.deliver`
+API leaves the caller's process alone; every path is still resolved
+relative to the home, as netqmail's are.
+"""
+
+import os
+
+from .report import TEMP_CHDIR, TEMP_CONTROL, Failure
+
+__all__ = ["DEFAULT_HOME", "Controls", "open_home", "read_controls",
+           "parse_int", "strip_trailing", "route_entries"]
+
+DEFAULT_HOME = "/var/qmail"
+
+# control.c reads through a 64-byte buffer; any size gives the same bytes.
+_READ = 65536
+
+
+class Controls:
+    """What the control files say."""
+
+    __slots__ = ("helohost", "timeoutremote", "timeoutconnect", "routes")
+
+    def __init__(self, helohost, timeoutremote=1200, timeoutconnect=60,
+                 routes=()):
+        self.helohost = helohost
+        self.timeoutremote = timeoutremote
+        self.timeoutconnect = timeoutconnect
+        # smtproutes entries, ``key:value`` byte strings in file order.
+        self.routes = list(routes)
+
+
+def open_home(home=None):
+    """Return a descriptor for the home directory, or raise Failure.
+
+    *home* defaults to ``$QMAILHOME`` when set and non-empty, else
+    ``/var/qmail`` (deviation 1 of the reference).
+    """
+    if home is None:
+        home = os.environ.get("QMAILHOME") or DEFAULT_HOME
+    try:
+        return os.open(home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        raise Failure(TEMP_CHDIR) from None
+
+
+def strip_trailing(line):
+    """control.c ``striptrailingwhitespace``: LF, space and TAB; not CR."""
+    return line.rstrip(b"\n \t")
+
+
+def parse_int(line, default):
+    """control.c ``control_readint`` on a first line.
+
+    The decimal prefix, stored in a C ``int``: modulo 2**32, signed.  A line
+    that does not start with a digit, or a missing file (None), leaves the
+    default.
+    """
+    if line is None:
+        return default
+    end = 0
+    while end < len(line) and 48 <= line[end] <= 57:
+        end += 1
+    if not end:
+        return default
+    value = int(line[:end]) & 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def route_entries(data):
+    """control.c ``control_readfile`` + constmap's split of smtproutes.
+
+    Lines are stripped of trailing whitespace; empty lines and lines whose
+    first byte is ``#`` or NUL are dropped.  The kept lines are NUL-joined,
+    and constmap splits at every NUL, so a NUL inside a line starts a new
+    entry.
+    """
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    entries = []
+    for line in lines:
+        line = strip_trailing(line)
+        if line and line[0] not in (0, 35):  # NUL, '#'
+            entries.extend(line.split(b"\0"))
+    return entries
+
+
+def _read(home_fd, name, whole):
+    """Bytes of control/<name>; None when it does not exist.
+
+    Any error but ENOENT (a directory, no permission...) is fatal.
+    """
+    try:
+        fd = os.open("control/" + name, os.O_RDONLY | os.O_CLOEXEC,
+                     dir_fd=home_fd)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        raise Failure(TEMP_CONTROL) from None
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, _READ)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if not whole and b"\n" in chunk:
+                break
+        data = b"".join(chunks)
+    except OSError:
+        raise Failure(TEMP_CONTROL) from None
+    finally:
+        os.close(fd)
+    return data
+
+
+def _first_line(home_fd, name):
+    data = _read(home_fd, name, whole=False)
+    if data is None:
+        return None
+    return strip_trailing(data.split(b"\n", 1)[0])
+
+
+def read_controls(home_fd):
+    """Read the control files in netqmail's order; raise Failure on error."""
+    me = _first_line(home_fd, "me")
+    timeoutremote = _first_line(home_fd, "timeoutremote")
+    timeoutconnect = _first_line(home_fd, "timeoutconnect")
+    helohost = _first_line(home_fd, "helohost")
+    if helohost is None:
+        if me is None:
+            raise Failure(TEMP_CONTROL)
+        helohost = me
+    routes = _read(home_fd, "smtproutes", whole=True)
+    return Controls(
+        helohost=helohost,
+        timeoutremote=parse_int(timeoutremote, 1200),
+        timeoutconnect=parse_int(timeoutconnect, 60),
+        routes=route_entries(routes) if routes else (),
+    )

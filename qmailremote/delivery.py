@@ -1,0 +1,228 @@
+"""One delivery, in netqmail 1.06's order of events (reference section 2).
+
+home -> control files -> smtproutes -> address checks and mangling (with
+CNAME canonicalisation of recipient domains when no route matched) ->
+ipme -> address lookup -> the "listed as MX" rule -> connections with
+tcpto -> the SMTP session.  The first failure wins and becomes the message
+report.
+"""
+
+import io
+import os
+
+from .control import open_home, read_controls
+from .report import (PERM_AMBIGMX, PERM_CRLF, PERM_NOMX, PERM_USAGE,
+                     TEMP_DNS, TEMP_DNSCANON, TEMP_NOCONN, TEMP_NOMEM,
+                     TEMP_OSERR, Failure, Result, perm_dns)
+from .routes import SMTP_PORT, build_table, find_route
+
+__all__ = ["deliver", "quote", "mangle"]
+
+# quote.c's table of bytes that may appear unquoted in a local part.
+_ATOM = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                  b"0123456789!#$%&'*+-/=?^_`{|}~.")
+# The "listed as MX" rule (qmail-remote.c main): preference ceilings.
+_PREFME_NOT_ME = 100000
+_PREFME_RELAY = 300000
+_PREFME_ALL_ALIASES = 500000
+
+
+def _quote_needed(box):
+    return (not box or any(ch not in _ATOM for ch in box) or
+            box[:1] == b"." or box[-1:] == b"." or b".." in box)
+
+
+def quote(box):
+    """quote.c: an RFC 821 local part, quoted only when it must be."""
+    if not _quote_needed(box):
+        return box
+    escaped = bytearray(b'"')
+    for ch in box:
+        if ch in b'\r\n"\\':
+            escaped.append(92)  # '\\'
+        escaped.append(ch)
+    escaped.append(34)  # '"'
+    return bytes(escaped)
+
+
+def mangle(address, domain=None):
+    """addrmangle without DNS: quoted local part, ``@``, the domain.
+
+    An address without ``@`` is sent as it is.  *domain* replaces the text
+    after the last ``@`` (the canonical name of a recipient domain).
+    """
+    at = address.rfind(b"@")
+    if at < 0:
+        return address
+    if domain is None:
+        domain = address[at + 1:]
+    return quote(address[:at]) + b"@" + domain
+
+
+def _bytes(text):
+    return text if isinstance(text, bytes) else os.fsencode(text)
+
+
+class _Message:
+    """The message as a source of readinto(), opened only when needed.
+
+    netqmail reads stdin only after DATA is accepted, so a message that
+    cannot be read is noticed there (Z "Unable to read message").
+    """
+
+    def __init__(self, message):
+        self._message = message
+        self._file = None
+
+    def readinto(self, view):
+        if self._file is None:
+            message = self._message
+            if isinstance(message, (bytes, bytearray, memoryview)):
+                self._file = io.BytesIO(message)
+            elif isinstance(message, (str, os.PathLike)):
+                self._file = open(message, "rb", buffering=0)
+            else:
+                self._file = message
+        if hasattr(self._file, "readinto"):
+            return self._file.readinto(view)
+        data = self._file.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+    def close(self):
+        if self._file is not None and self._file is not self._message:
+            self._file.close()
+
+
+def _canonical_recipients(recipients, resolver_of):
+    """addrmangle with flagcname for every recipient, in argument order.
+
+    Returns the mangled recipients and whether every one is an alias.
+    """
+    from .mx import SOFT, canonicalise
+
+    mangled = []
+    all_aliases = True
+    for recipient in recipients:
+        at = recipient.rfind(b"@")
+        if at < 0:  # no lookup, yet an alias: netqmail's quirk
+            mangled.append(recipient)
+            continue
+        result = canonicalise(resolver_of(), recipient[at + 1:])
+        if result == SOFT:
+            raise Failure(TEMP_DNSCANON)
+        domain, rounds = result
+        if rounds == 0:
+            all_aliases = False
+        mangled.append(mangle(recipient, domain))
+    return mangled, all_aliases
+
+
+def _addresses(route, host, resolver_of):
+    """The address lookup and its outcome (reference section 8)."""
+    from .mx import HARD, SOFT, lookup_ip, lookup_mx
+
+    if route is not None:
+        found = lookup_ip(resolver_of(), route.relay)
+        soft = False
+    else:
+        found = lookup_mx(resolver_of(), host)
+        if found not in (HARD, SOFT):
+            found, soft = found
+    if found == SOFT:
+        raise Failure(TEMP_DNS)
+    if found == HARD:
+        raise Failure(perm_dns(route.relay if route is not None else host))
+    if not found:
+        raise Failure(TEMP_DNS if soft else PERM_NOMX)
+    return found
+
+
+def _candidates(addresses, me, route, all_aliases):
+    """The "listed as MX" rule: the addresses worth trying, in order."""
+    prefme = _PREFME_NOT_ME
+    for ip, pref in addresses:
+        if ip in me and pref < prefme:
+            prefme = pref
+    if route is not None:
+        prefme = _PREFME_RELAY
+    if all_aliases:
+        prefme = _PREFME_ALL_ALIASES
+    candidates = [ip for ip, pref in addresses if pref < prefme]
+    if not candidates:
+        raise Failure(PERM_AMBIGMX)
+    return candidates
+
+
+def _run(host, sender, recipients, message, home, resolver):
+    from .mx import ip_text, ipme, system_resolver
+    from .session import Session, connect
+    from .tcpto import TcpTo
+
+    if not recipients:
+        raise Failure(PERM_USAGE)
+    home_fd = open_home(home)
+    try:
+        controls = read_controls(home_fd)
+        route = find_route(build_table(controls.routes), host)
+        # Deviation 4: an address with CR or LF would inject commands.
+        if any(b"\r" in a or b"\n" in a for a in (sender, *recipients)):
+            raise Failure(PERM_CRLF)
+        sender = mangle(sender)
+        try:
+            me = ipme()
+        except OSError:
+            raise Failure(TEMP_OSERR) from None
+
+        resolvers = [resolver]
+
+        def resolver_of():
+            if resolvers[0] is None:
+                resolvers[0] = system_resolver()
+            return resolvers[0]
+
+        if route is None:
+            recipients, all_aliases = _canonical_recipients(recipients,
+                                                            resolver_of)
+        else:
+            recipients, all_aliases = [mangle(r) for r in recipients], False
+        addresses = _addresses(route, host, resolver_of)
+        port = route.port if route is not None else SMTP_PORT
+        tcpto = TcpTo(home_fd)
+        for ip in _candidates(addresses, me, route, all_aliases):
+            if tcpto.skip(ip):
+                continue
+            sock, timed_out = connect(ip, port, controls.timeoutconnect)
+            if sock is None:
+                tcpto.update(ip, timed_out)
+                continue
+            tcpto.update(ip, False)
+            session = Session(sock, ip_text(ip), controls.timeoutremote)
+            return session.run(controls.helohost, sender, recipients,
+                               message)
+        raise Failure(TEMP_NOCONN)
+    finally:
+        os.close(home_fd)
+
+
+def deliver(host, sender, recipients, message, *, home=None, resolver=None):
+    """Deliver *message* to *recipients* at *host*, as qmail-remote does.
+
+    *host*, *sender* and *recipients* are bytes (or str, encoded with the
+    file system encoding); *message* is bytes, a path, or a binary file,
+    read only after the server accepts DATA.  *home* is the qmail home
+    directory (default ``$QMAILHOME`` or ``/var/qmail``); *resolver* an
+    :class:`qmailremote.mx.Resolver` (default: ``/etc/resolv.conf``).
+
+    Returns a :class:`Result`; it never raises for a failed delivery.
+    """
+    source = _Message(message)
+    try:
+        return _run(_bytes(host), _bytes(sender),
+                    [_bytes(r) for r in recipients], source, home, resolver)
+    except Failure as failure:
+        return Result(failure.recipients, failure.report)
+    except MemoryError:
+        return Result([], TEMP_NOMEM)
+    finally:
+        source.close()

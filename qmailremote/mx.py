@@ -1,0 +1,488 @@
+"""DNS: IP literals, MX and A lookups, CNAME canonicalisation, ipme.
+
+Mirrors netqmail 1.06 ``dns.c`` and ``ipme.c`` (reference sections 7-9)
+with deviations 5-7: random order among equal MX preferences, CNAME queries
+instead of ANY, truncated answers asked again over TCP and used whole, and
+every IPv4 address of every interface that is up in ipme.
+
+Names go through dnspython (``dns.name``: encoding, escapes, compression),
+imported only when a query is made.  The answer section is walked record by
+record the way ``dns.c`` walks it (``findip``/``findmx``/``findname``), so a
+broken record late in an answer does not hide the good ones before it, and
+records of other types or owners are skipped, not rejected.
+
+Every lookup returns SOFT, HARD or its result; SOFT and HARD are the
+classes of reference section 7.4.
+"""
+
+import random
+import socket
+import struct
+import time
+
+__all__ = ["SOFT", "HARD", "Resolver", "ip_literal", "ip_text",
+           "lookup_ip", "lookup_mx", "canonicalise", "ipme",
+           "system_resolver"]
+
+SOFT = "soft"
+HARD = "hard"
+
+T_A = 1
+T_CNAME = 5
+T_MX = 15
+C_IN = 1
+# rcodes that make glibc's res_send try the next server, then fail softly.
+_RC_SERVFAIL, _RC_NOTIMP, _RC_REFUSED = 2, 4, 5
+_RETRY_RCODES = (_RC_SERVFAIL, _RC_NOTIMP, _RC_REFUSED)
+_RC_NOERROR = 0
+_HEADER = struct.Struct("!HHHHHH")
+# glibc resolv.h: RES_TIMEOUT, RES_DFLRETRY, RES_MAXRETRANS, RES_MAXRETRY,
+# MAXNS.
+_DEFAULT_TIMEOUT, _DEFAULT_ATTEMPTS = 5, 2
+_MAX_TIMEOUT, _MAX_ATTEMPTS, _MAXNS = 30, 5, 3
+_RESOLV_CONF = "/etc/resolv.conf"
+# The CNAME canonicalisation gives up after this many rounds (dns_cname).
+CNAME_ROUNDS = 10
+
+
+def _scan_ulong(text, pos):
+    end = pos
+    while end < len(text) and 48 <= text[end] <= 57:
+        end += 1
+    return end
+
+
+def _scan_quad(text, pos):
+    """ip.c ``ip_scan``: 4 bytes and the end offset, or None."""
+    parts = []
+    for n in range(4):
+        if n:
+            if pos >= len(text) or text[pos] != 46:  # '.'
+                return None
+            pos += 1
+        end = _scan_ulong(text, pos)
+        if end == pos:
+            return None
+        parts.append(int(text[pos:end]) % 256)
+        pos = end
+    return bytes(parts), pos
+
+
+def ip_literal(text):
+    """The address of an IP literal (``a.b.c.d`` or ``[a.b.c.d]``), or None.
+
+    Each part is a decimal number taken modulo 256; the whole text must be
+    the literal (``dns_ipplus``/``dns_mxip``: ip_scan, ip_scanbracket).
+    """
+    if not text:
+        return None
+    scanned = _scan_quad(text, 0)
+    if scanned and scanned[1] == len(text):
+        return scanned[0]
+    if text[0] == 91:  # '['
+        scanned = _scan_quad(text, 1)
+        if scanned and scanned[1] == len(text) - 1 and text[-1] == 93:
+            return scanned[0]
+    return None
+
+
+def ip_text(ip):
+    """ip_fmt: dotted decimal with no leading zeros, as bytes."""
+    return b"%d.%d.%d.%d" % tuple(ip)
+
+
+class Resolver:
+    """Where and how queries are sent: glibc's plain ``res_query``.
+
+    By default the name servers, ``timeout`` and ``attempts`` come from
+    ``/etc/resolv.conf`` (no search list, no hosts file, no environment).
+    Tests and bulk senders may give ``nameservers`` as ``(address, port)``
+    pairs.
+    """
+
+    def __init__(self, nameservers=None, timeout=_DEFAULT_TIMEOUT,
+                 attempts=_DEFAULT_ATTEMPTS):
+        self.nameservers = list(nameservers or [("127.0.0.1", 53)])
+        self.timeout = timeout
+        self.attempts = attempts
+
+    @classmethod
+    def from_system(cls, path=_RESOLV_CONF):
+        """Read resolv.conf as glibc does; a missing file means defaults."""
+        servers = []
+        timeout, attempts = _DEFAULT_TIMEOUT, _DEFAULT_ATTEMPTS
+        try:
+            with open(path, "rb") as conf:
+                lines = conf.read().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            words = line.split()
+            if not words or words[0][:1] in (b"#", b";"):
+                continue
+            if words[0] == b"nameserver" and len(words) > 1:
+                if len(servers) < _MAXNS and _is_address(words[1]):
+                    servers.append((words[1].decode("ascii"), 53))
+            elif words[0] == b"options":
+                for option in words[1:]:
+                    name, _, value = option.partition(b":")
+                    if name == b"timeout" and value.isdigit():
+                        timeout = min(int(value), _MAX_TIMEOUT)
+                    elif name == b"attempts" and value.isdigit():
+                        attempts = min(int(value), _MAX_ATTEMPTS)
+        return cls(servers, timeout, max(attempts, 1))
+
+    def query(self, qname, qtype):
+        """Send one query; return HARD, SOFT or the answer's wire bytes."""
+        wire_name = _encode_name(qname)
+        if wire_name is None:
+            return HARD  # res_mkquery fails: nothing is sent
+        qid = random.getrandbits(16)
+        question = wire_name + struct.pack("!HH", qtype, C_IN)
+        packet = _HEADER.pack(qid, 0x0100, 1, 0, 0, 0) + question  # RD
+        for attempt in range(self.attempts):
+            # res_send.c: the first round waits `timeout`; later rounds
+            # double it, shared among the servers.
+            wait = self.timeout << attempt
+            if attempt:
+                wait //= len(self.nameservers)
+            wait = max(wait, 1)
+            for server in self.nameservers:
+                answer = _ask(server, packet, qid, question, wait)
+                if answer is None:
+                    continue
+                rcode = answer[3] & 0x0F
+                if rcode in _RETRY_RCODES:
+                    continue
+                ancount = _HEADER.unpack_from(answer)[3]
+                if rcode != _RC_NOERROR or not ancount:
+                    return HARD  # NXDOMAIN, NODATA, FORMERR, others
+                return answer
+        return SOFT
+
+
+def _is_address(text):
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, text.decode("ascii"))
+            return True
+        except (OSError, UnicodeDecodeError):
+            pass
+    return False
+
+
+def _encode_name(qname):
+    """Wire form of a name given as bytes, or None when it cannot be."""
+    import dns.exception
+    import dns.name
+    try:
+        return dns.name.from_text(qname).to_wire()
+    except dns.exception.DNSException:
+        return None
+
+
+def _matches(answer, qid, question):
+    """res_send's checks: our id, a response, the same question."""
+    if len(answer) < 12 + len(question):
+        return False
+    ident, flags, qdcount = _HEADER.unpack_from(answer)[:3]
+    return (ident == qid and flags & 0x8000 and qdcount == 1 and
+            answer[12:12 + len(question)].lower() == question.lower())
+
+
+def _ask(server, packet, qid, question, wait):
+    """One server, one try: UDP, then TCP when truncated; None on failure."""
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    deadline = time.monotonic() + wait
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
+            udp.connect(server)
+            udp.send(packet)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                udp.settimeout(left)
+                answer = udp.recv(65535)
+                if _matches(answer, qid, question):
+                    break
+    except OSError:
+        return None  # timeout, unreachable (ICMP refused), ...
+    if answer[2] & 0x02:  # TC: ask again over TCP, use the whole answer
+        return _ask_tcp(server, family, packet, qid, question, wait)
+    return answer
+
+
+def _ask_tcp(server, family, packet, qid, question, wait):
+    try:
+        with socket.create_connection(server, timeout=wait) as tcp:
+            tcp.sendall(struct.pack("!H", len(packet)) + packet)
+            size = struct.unpack("!H", _recv_exactly(tcp, 2))[0]
+            answer = _recv_exactly(tcp, size)
+    except (OSError, EOFError):
+        return None
+    return answer if _matches(answer, qid, question) else None
+
+
+def _recv_exactly(sock, size):
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return bytes(data)
+
+
+class _Answers:
+    """Walks the answer section like dns.c's find* routines."""
+
+    def __init__(self, wire):
+        import dns.exception
+        import dns.name
+        self._name = dns.name
+        self._errors = (dns.exception.DNSException, IndexError,
+                        struct.error)
+        self.wire = wire
+        qdcount, self.left = _HEADER.unpack_from(wire)[2:4]
+        pos = 12
+        for _ in range(qdcount):
+            pos = self._skip_name(pos) + 4  # QFIXEDSZ
+            if pos > len(wire):
+                raise ValueError("question cut short")
+        self.pos = pos
+
+    def _skip_name(self, pos):
+        try:
+            return pos + self._name.from_wire(self.wire, pos)[1]
+        except self._errors:
+            raise ValueError("bad name") from None
+
+    def name_at(self, pos):
+        """dn_expand's text of the name at *pos*: no final dot, ``.`` root."""
+        try:
+            name = self._name.from_wire(self.wire, pos)[0]
+        except self._errors:
+            raise ValueError("bad name") from None
+        return name.to_text(omit_final_dot=True).encode("ascii")
+
+    def __iter__(self):
+        """Yield (type, rdata offset, rdlength); ValueError when broken."""
+        wire = self.wire
+        while self.left > 0:
+            self.left -= 1
+            if self.pos >= len(wire):
+                raise ValueError("answer cut short")
+            pos = self._skip_name(self.pos)
+            if len(wire) - pos < 10:
+                raise ValueError("record cut short")
+            rrtype, _, _, rdlength = struct.unpack_from("!HHIH", wire, pos)
+            pos += 10
+            self.pos = pos + rdlength
+            yield rrtype, pos, rdlength
+
+
+def _resolve(resolver, name, qtype):
+    """HARD, SOFT or an _Answers walker (a malformed header is SOFT)."""
+    wire = resolver.query(name, qtype)
+    if wire in (HARD, SOFT):
+        return wire
+    try:
+        return _Answers(wire)
+    except ValueError:
+        return SOFT
+
+
+def _find_ips(answers, pref, out):
+    """findip(T_A) over a whole answer; SOFT or None."""
+    try:
+        for rrtype, pos, rdlength in answers:
+            if rrtype == T_A:
+                if rdlength < 4 or pos + 4 > len(answers.wire):
+                    return SOFT
+                out.append((answers.wire[pos:pos + 4], pref))
+    except ValueError:
+        return SOFT
+    return None
+
+
+def _lookup_a(resolver, name, pref, out):
+    """dns_ipplus: a literal, or the A records of *name*, into *out*.
+
+    Returns None, SOFT or HARD; on SOFT the addresses read before the
+    broken record stay in *out*.
+    """
+    literal = ip_literal(name)
+    if literal is not None:
+        out.append((literal, 0))
+        return None
+    answers = _resolve(resolver, name, T_A)
+    if answers in (HARD, SOFT):
+        return answers
+    return _find_ips(answers, pref, out)
+
+
+def lookup_ip(resolver, name):
+    """dns_ip: the relay's addresses, all preference 0; or SOFT/HARD."""
+    out = []
+    status = _lookup_a(resolver, name, 0, out)
+    return status or out
+
+
+def _find_mx(answers):
+    """findmx(T_MX) over a whole answer: [(pref, name)] or SOFT."""
+    found = []
+    wire = answers.wire
+    try:
+        for rrtype, pos, rdlength in answers:
+            if rrtype == T_MX:
+                if rdlength < 3:
+                    return SOFT
+                found.append((struct.unpack_from("!H", wire, pos)[0],
+                              answers.name_at(pos + 2)))
+    except (ValueError, struct.error):
+        return SOFT
+    return found
+
+
+def _mx_order(found):
+    """Increasing preference; a fresh random order within one (dev. 5)."""
+    shuffled = list(found)
+    random.shuffle(shuffled)
+    return sorted(shuffled, key=lambda mx: mx[0])
+
+
+def lookup_mx(resolver, host):
+    """dns_mxip: (addresses, soft) with addresses as [(ip, pref)].
+
+    Returns SOFT or HARD when the lookup as a whole failed.
+    """
+    literal = ip_literal(host)
+    if literal is not None:
+        return [(literal, 0)], False
+    answers = _resolve(resolver, host, T_MX)
+    if answers == SOFT:
+        return SOFT
+    found = [] if answers == HARD else _find_mx(answers)
+    if found == SOFT:
+        return SOFT
+    if not found:  # no MX (HARD, or e.g. only a CNAME): the A records
+        addresses = lookup_ip(resolver, host)
+        return addresses if addresses in (HARD, SOFT) else (addresses, False)
+    out = []
+    soft = False
+    for pref, name in _mx_order(found):
+        if _lookup_a(resolver, name, pref, out) == SOFT:
+            soft = True
+    return out, soft
+
+
+def _find_cname(answers):
+    """findname(T_CNAME): the first CNAME target, None, or SOFT."""
+    try:
+        for rrtype, pos, _ in answers:
+            if rrtype == T_CNAME:
+                return answers.name_at(pos)
+    except ValueError:
+        return SOFT
+    return None
+
+
+def canonicalise(resolver, domain):
+    """dns_cname with CNAME queries: (domain, rounds) or SOFT.
+
+    *rounds* is the number of rounds used, or None when all 10 were
+    (an alias loop: the domain stays what it had become).
+    """
+    for rounds in range(CNAME_ROUNDS):
+        if not domain or domain[-1] == 93:  # ']'
+            return domain, rounds
+        if domain[-1] == 46:  # '.': drop it, which uses up a round
+            domain = domain[:-1]
+            continue
+        answers = _resolve(resolver, domain, T_CNAME)
+        if answers == SOFT:
+            return SOFT
+        if answers == HARD:
+            return domain, rounds
+        target = _find_cname(answers)
+        if target == SOFT:
+            return SOFT
+        if target is None:
+            return domain, rounds
+        domain = target
+    return domain, None
+
+
+# ipme through rtnetlink: RTM_GETLINK for the flags of each interface,
+# RTM_GETADDR for every IPv4 address (deviation 7: labelled or not).
+_NLMSG_DONE, _NLMSG_ERROR = 3, 2
+_RTM_GETLINK, _RTM_GETADDR = 18, 22
+_NLM_F_REQUEST_DUMP = 0x1 | 0x300
+_IFF_UP = 0x1
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+_NLMSG = struct.Struct("=IHHII")
+_IFINFOMSG = struct.Struct("=BxHiII")
+_IFADDRMSG = struct.Struct("=BBBBi")
+
+
+def _netlink_dump(sock, msgtype, family_header, seq):
+    sock.send(_NLMSG.pack(_NLMSG.size + len(family_header), msgtype,
+                          _NLM_F_REQUEST_DUMP, seq, 0) + family_header)
+    while True:
+        data = sock.recv(1 << 16)
+        pos = 0
+        while pos + _NLMSG.size <= len(data):
+            length, kind, _, _, _ = _NLMSG.unpack_from(data, pos)
+            if length < _NLMSG.size:
+                raise OSError("bad netlink message")
+            if kind == _NLMSG_DONE:
+                return
+            if kind == _NLMSG_ERROR:
+                raise OSError("netlink error")
+            yield data[pos + _NLMSG.size:pos + length]
+            pos += (length + 3) & ~3
+
+
+def _attributes(payload, start):
+    pos = (start + 3) & ~3
+    while pos + 4 <= len(payload):
+        length, kind = struct.unpack_from("=HH", payload, pos)
+        if length < 4:
+            break
+        yield kind, payload[pos + 4:pos + length]
+        pos += (length + 3) & ~3
+
+
+def ipme():
+    """This host's IPv4 addresses (interfaces that are up), plus 0.0.0.0.
+
+    Raises OSError when the interface list cannot be read.
+    """
+    addresses = {b"\0\0\0\0"}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
+                       socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        up = set()
+        for payload in _netlink_dump(sock, _RTM_GETLINK,
+                                     _IFINFOMSG.pack(0, 0, 0, 0, 0), 1):
+            _, _, index, flags, _ = _IFINFOMSG.unpack_from(payload)
+            if flags & _IFF_UP:
+                up.add(index)
+        for payload in _netlink_dump(sock, _RTM_GETADDR,
+                                     _IFADDRMSG.pack(socket.AF_INET, 0, 0,
+                                                     0, 0), 2):
+            family, _, _, _, index = _IFADDRMSG.unpack_from(payload)
+            if family != socket.AF_INET or index not in up:
+                continue
+            attrs = dict(_attributes(payload, _IFADDRMSG.size))
+            address = attrs.get(_IFA_LOCAL, attrs.get(_IFA_ADDRESS))
+            if address and len(address) == 4:
+                addresses.add(bytes(address))
+    return addresses
+
+
+def system_resolver():
+    """The resolver of this host, read when the first query is needed."""
+    return Resolver.from_system()
+

@@ -1,0 +1,219 @@
+"""One connection attempt and one SMTP conversation, stage by stage.
+
+Mirrors netqmail 1.06 ``timeoutconn`` and ``smtp()`` (reference sections
+10-14): HELO, MAIL FROM, lock-step RCPT TO, DATA, the body through the
+kernel, the final reply, then ``QUIT`` written and never awaited.
+``timeoutremote`` bounds every single read and write on the socket, not a
+whole reply.  Deviations 2 (a reply code that is not three digits is a
+temporary failure) and 3 (a failed QUIT leaves the verdict alone) apply.
+"""
+
+import errno
+import select
+import socket
+
+from ._kernel import Writer, ReplyReader
+from .errors import ConnectionDied, PartialLineError
+from .report import (PERM_PARTIALLINE, TEMP_NOMEM, TEMP_OSERR, TEMP_READ,
+                     Failure, Result, dropped, internal_error, recipient_report,
+                     stage_report)
+
+__all__ = ["connect", "Session", "READ_CHUNK"]
+
+# How much of the message is read from stdin at a time.  netqmail reads
+# through 1024 bytes; the kernel keeps the bytes on the wire identical.
+READ_CHUNK = 1 << 20
+# How much of a reply is asked for per read (smtpfrom's buffer is 128
+# bytes; replies are parsed byte-exactly whatever this is).
+_REPLY_READ = 1 << 16
+
+
+def connect(ip, port, timeout):
+    """timeoutconn(): (socket, None) on success, else (None, timed_out).
+
+    Raises Failure(TEMP_OSERR) when no socket can be made.
+    """
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        raise Failure(TEMP_OSERR) from None
+    address = (socket.inet_ntoa(ip), port)
+    try:
+        sock.setblocking(False)
+        err = sock.connect_ex(address)
+        if err in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+            if timeout < 0:
+                err = errno.EINVAL  # select() rejects a negative timeout
+            elif not select.select([], [sock], [], timeout)[1]:
+                err = errno.ETIMEDOUT  # the connect attempt goes on
+            else:
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    except OSError as exc:
+        err = exc.errno or errno.EIO
+    if err:
+        sock.close()
+        return None, err == errno.ETIMEDOUT
+    return sock, None
+
+
+class _Channel:
+    """The socket as the kernel sees it: send and recv with timeoutremote.
+
+    A timeout of 0 means "do not wait"; a negative one makes every
+    operation fail, as netqmail's select() with a negative timeout does.
+    """
+
+    def __init__(self, sock, timeout):
+        self._sock = sock
+        self._usable = timeout >= 0
+        if self._usable:
+            sock.settimeout(timeout)
+
+    def send(self, data):
+        if not self._usable:
+            raise ConnectionDied()
+        sent = 0
+        try:
+            with memoryview(data) as view:
+                while sent < len(view):
+                    sent += self._sock.send(view[sent:])
+        except OSError:
+            raise ConnectionDied() from None
+
+    def recv(self):
+        if not self._usable:
+            raise ConnectionDied()
+        try:
+            return self._sock.recv(_REPLY_READ)
+        except OSError:
+            raise ConnectionDied() from None
+
+
+class _Verdict(Exception):
+    """A stage ended the conversation with a message report (quit())."""
+
+    def __init__(self, report):
+        super().__init__(report)
+        self.report = report
+
+
+class Session:
+    """One SMTP conversation with the server at *ip* (4 bytes).
+
+    ``run()`` never raises for anything the peer or the message does; it
+    returns the :class:`Result`.
+    """
+
+    def __init__(self, sock, ip_text, timeout):
+        self._sock = sock
+        self._ip = ip_text
+        channel = _Channel(sock, timeout)
+        self._writer = Writer(channel.send)
+        self._replies = ReplyReader(channel.recv)
+        self._recipients = []
+        self.critical = False
+
+    def run(self, helohost, sender, recipients, message):
+        try:
+            try:
+                report = self._dialogue(helohost, sender, recipients,
+                                        message)
+            except _Verdict as verdict:
+                report = verdict.report
+                self._quit()
+            except ConnectionDied:
+                report = dropped(self._ip, self.critical)
+            except MemoryError:
+                raise Failure(TEMP_NOMEM, self._recipients) from None
+            except Exception:
+                # A bug must not lose the recipient reports or the warning.
+                raise Failure(internal_error(self.critical),
+                              self._recipients) from None
+        finally:
+            self._sock.close()
+        return Result(self._recipients, report)
+
+    def _command(self, *parts):
+        for part in parts:
+            self._writer.write(part)
+        self._writer.flush()
+        return self._replies.read()
+
+    def _verdict(self, code, digits, letter_perm, prepend, append, smtptext):
+        """MAIL, DATA and final replies: D at 5xx, Z at 4xx (and non-digit)."""
+        if not digits or 400 <= code < 500:
+            raise _Verdict(stage_report("Z", prepend, self._ip, append,
+                                        smtptext))
+        if code >= 500:
+            raise _Verdict(stage_report(letter_perm, prepend, self._ip,
+                                        append, smtptext))
+
+    def _dialogue(self, helohost, sender, recipients, message):
+        code, text, digits = self._replies.read()
+        if code != 220 or not digits:
+            raise _Verdict(stage_report("Z", b"Connected to ", self._ip,
+                                        b" but greeting failed", text))
+        code, text, digits = self._command(b"HELO ", helohost, b"\r\n")
+        if code != 250 or not digits:
+            raise _Verdict(stage_report("Z", b"Connected to ", self._ip,
+                                        b" but my name was rejected", text))
+        code, text, digits = self._command(b"MAIL FROM:<", sender, b">\r\n")
+        self._verdict(code, digits, "D", b"Connected to ",
+                      b" but sender was rejected", text)
+        for recipient in recipients:
+            code, text, digits = self._command(b"RCPT TO:<", recipient,
+                                               b">\r\n")
+            self._recipients.append(recipient_report(code, digits, self._ip,
+                                                     text))
+        if not any(r.letter == "r" for r in self._recipients):
+            # The recipient reports already said what the server said.
+            raise _Verdict(stage_report("D", b"Giving up on ", self._ip,
+                                        b"", b""))
+        code, text, digits = self._command(b"DATA\r\n")
+        self._verdict(code, digits, "D", b"", b" failed on DATA command",
+                      text)
+        report = self._body(message)
+        if report is not None:
+            return report
+        code, text, digits = self._replies.read()
+        self.critical = False
+        self._verdict(code, digits, "D", b"",
+                      b" failed after I sent the message", text)
+        raise _Verdict(stage_report("K", b"", self._ip, b" accepted message",
+                                    text))
+
+    def _body(self, message):
+        """blast(): the message through the kernel, then ``.\\r\\n``.
+
+        Returns a report when the body cannot be sent (no QUIT follows).
+        """
+        writer = self._writer
+        writer.begin_body()
+        buffer = bytearray(READ_CHUNK)
+        with memoryview(buffer) as view:
+            while True:
+                try:
+                    n = message.readinto(view)
+                except OSError:
+                    return TEMP_READ
+                if not n:
+                    break
+                writer.body(view[:n])
+        # What netqmail wrote while still reading goes out before the
+        # critical window opens; only the tail and ".\r\n" are inside it.
+        writer.flush_committed()
+        try:
+            writer.end_body()
+        except PartialLineError:
+            return PERM_PARTIALLINE
+        self.critical = True
+        writer.flush()
+        return None
+
+    def _quit(self):
+        """Write QUIT, never read its reply; a failure changes nothing."""
+        try:
+            self._writer.write(b"QUIT\r\n")
+            self._writer.flush()
+        except ConnectionDied:
+            pass
