@@ -8,7 +8,10 @@ loads).
 """
 
 import os
-from typing import TYPE_CHECKING
+
+# Not `from typing import TYPE_CHECKING`: typing costs start-up time, and
+# type checkers honour a module-level TYPE_CHECKING = False just the same.
+TYPE_CHECKING = False
 
 __all__ = ["Encoder", "Writer", "ReplyReader", "HUGESMTPTEXT", "QMAIL_BLOCK",
            "DEFAULT_BUFFER", "COMPILED"]
