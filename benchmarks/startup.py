@@ -1,0 +1,145 @@
+"""Start-up cost of the installed ``qmail-remote``, whole process.
+
+Times a 1 KB delivery against ``python -I -S -c pass`` on the same
+interpreter, runs interleaved, medians reported:
+
+* through an IP-literal route (``control/smtproutes`` to a loopback sink);
+* with an MX lookup, when run as root: inside a private network namespace
+  (lo up, the test DNS server on 127.0.0.1:53, a sink on 127.0.0.2:25,
+  resolv.conf bind-mounted), so the real resolver path runs.
+
+    python benchmarks/startup.py [--runs 40]
+
+Targets (issue 3): at most 15 ms over the baseline for the route, 40 ms
+with the MX lookup.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MESSAGE = b"Subject: start-up\n\n" + b"x" * 75 + b"\n" * 1 + \
+    (b"y" * 75 + b"\n") * 12
+BASELINE = [sys.executable, "-I", "-S", "-c", "pass"]
+
+
+def command():
+    beside = os.path.join(os.path.dirname(sys.executable), "qmail-remote")
+    found = beside if os.path.exists(beside) else shutil.which("qmail-remote")
+    if not found:
+        sys.exit("qmail-remote is not installed: pip install . first")
+    return found
+
+
+def home_with(routes=None):
+    home = tempfile.mkdtemp(prefix="qmailremote-startup-")
+    os.makedirs(os.path.join(home, "control"))
+    with open(os.path.join(home, "control", "me"), "w") as f:
+        f.write("bench.invalid\n")
+    if routes is not None:
+        with open(os.path.join(home, "control", "smtproutes"), "w") as f:
+            f.write(routes)
+    return home
+
+
+def measure(cases, runs):
+    """{name: median seconds}, the cases interleaved run by run."""
+    times = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, (argv, env) in cases.items():
+            start = time.perf_counter()
+            done = subprocess.run(argv, input=MESSAGE, capture_output=True,
+                                  env=env)
+            times[name].append(time.perf_counter() - start)
+            if argv is not BASELINE and b"\0K" not in done.stdout:
+                sys.exit(f"{name}: delivery failed: {done.stdout!r}")
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def table(title, medians):
+    base = medians["baseline"]
+    print(f"\n{title}")
+    for name, median in medians.items():
+        extra = "" if name == "baseline" else \
+            f"   +{(median - base) * 1000:6.1f} ms over the baseline"
+        print(f"  {name:<22} {median * 1000:7.1f} ms{extra}")
+
+
+def route_case(runs):
+    sys.path.insert(0, HERE)
+    from sink import Sink
+    with Sink() as sink:
+        home = home_with(f":127.0.0.1:{sink.port}\n")
+        try:
+            env = dict(os.environ, QMAILHOME=home)
+            return measure({
+                "baseline": (BASELINE, env),
+                "ip-literal route": ([command(), "example.com", "a@b.example",
+                                      "c@example.com"], env),
+            }, runs)
+        finally:
+            shutil.rmtree(home)
+
+
+def mx_case_inside(runs):
+    """Runs inside the namespace: the MX path through /etc/resolv.conf."""
+    home = home_with()
+    try:
+        env = dict(os.environ, QMAILHOME=home)
+        medians = measure({
+            "baseline": (BASELINE, env),
+            "MX lookup": ([command(), "mx.bench", "a@b.example",
+                           "c@mx.bench"], env),
+        }, runs)
+    finally:
+        shutil.rmtree(home)
+    print(json.dumps(medians))
+
+
+def mx_case(runs):
+    sys.path.insert(0, os.path.join(HERE, os.pardir, "tests"))
+    from netns import netns_unavailable, run_in_netns
+    reason = netns_unavailable()
+    if reason:
+        print(f"\nMX lookup: not measured ({reason})")
+        return None
+    result = run_in_netns({
+        "command": [sys.executable, os.path.abspath(__file__), "--inside",
+                    "--runs", str(runs)],
+        "timeout": 600,
+        "zone": {"mx.bench": {"MX": "10 mx1.bench."},
+                 "mx1.bench": {"A": "127.0.0.2"}},
+        "smtp": [{"addr": "127.0.0.2", "port": 25}],
+    })
+    if result.returncode != 0:
+        sys.exit(f"namespace run failed: {result.stderr.decode()}")
+    return json.loads(result.stdout.decode().strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--inside", action="store_true",
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inside:
+        mx_case_inside(args.runs)
+        return
+    print(f"python: {sys.executable} {sys.version.split()[0]}; "
+          f"{args.runs} runs each, interleaved; medians")
+    table("1 KB delivery through an IP-literal route", route_case(args.runs))
+    medians = mx_case(args.runs)
+    if medians:
+        table("1 KB delivery with an MX lookup (private network namespace)",
+              medians)
+
+
+if __name__ == "__main__":
+    main()
