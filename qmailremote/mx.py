@@ -15,10 +15,15 @@ Every lookup returns SOFT, HARD or its result; SOFT and HARD are the
 classes of reference section 7.4.
 """
 
-import random
-import socket
 import struct
 import time
+
+try:
+    # The C module under `socket`: the same calls without socket.py's enum
+    # and selectors imports, which cost several ms of every run's start-up.
+    import _socket as socket
+except ImportError:  # not CPython
+    import socket
 
 __all__ = ["SOFT", "HARD", "Resolver", "ip_literal", "ip_text",
            "lookup_ip", "lookup_mx", "canonicalise", "ipme",
@@ -137,6 +142,7 @@ class Resolver:
         wire_name = _encode_name(qname)
         if wire_name is None:
             return HARD  # res_mkquery fails: nothing is sent
+        import random  # only when a query is made: start-up time
         qid = random.getrandbits(16)
         question = wire_name + struct.pack("!HH", qtype, C_IN)
         packet = _HEADER.pack(qid, 0x0100, 1, 0, 0, 0) + question  # RD
@@ -194,33 +200,39 @@ def _ask(server, packet, qid, question, wait):
     """One server, one try: UDP, then TCP when truncated; None on failure."""
     family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
     deadline = time.monotonic() + wait
+    udp = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        with socket.socket(family, socket.SOCK_DGRAM) as udp:
-            udp.connect(server)
-            udp.send(packet)
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                udp.settimeout(left)
-                answer = udp.recv(65535)
-                if _matches(answer, qid, question):
-                    break
+        udp.connect(server)
+        udp.send(packet)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            udp.settimeout(left)
+            answer = udp.recv(65535)
+            if _matches(answer, qid, question):
+                break
     except OSError:
         return None  # timeout, unreachable (ICMP refused), ...
+    finally:
+        udp.close()
     if answer[2] & 0x02:  # TC: ask again over TCP, use the whole answer
         return _ask_tcp(server, family, packet, qid, question, wait)
     return answer
 
 
 def _ask_tcp(server, family, packet, qid, question, wait):
+    tcp = socket.socket(family, socket.SOCK_STREAM)
     try:
-        with socket.create_connection(server, timeout=wait) as tcp:
-            tcp.sendall(struct.pack("!H", len(packet)) + packet)
-            size = struct.unpack("!H", _recv_exactly(tcp, 2))[0]
-            answer = _recv_exactly(tcp, size)
+        tcp.settimeout(wait)
+        tcp.connect(server)
+        tcp.sendall(struct.pack("!H", len(packet)) + packet)
+        size = struct.unpack("!H", _recv_exactly(tcp, 2))[0]
+        answer = _recv_exactly(tcp, size)
     except (OSError, EOFError):
         return None
+    finally:
+        tcp.close()
     return answer if _matches(answer, qid, question) else None
 
 
@@ -347,6 +359,7 @@ def _find_mx(answers):
 
 def _mx_order(found):
     """Increasing preference; a fresh random order within one (dev. 5)."""
+    import random
     shuffled = list(found)
     random.shuffle(shuffled)
     return sorted(shuffled, key=lambda mx: mx[0])
@@ -460,8 +473,9 @@ def ipme():
     Raises OSError when the interface list cannot be read.
     """
     addresses = {b"\0\0\0\0"}
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
-                       socket.NETLINK_ROUTE) as sock:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
+                         socket.NETLINK_ROUTE)
+    try:
         sock.bind((0, 0))
         up = set()
         for payload in _netlink_dump(sock, _RTM_GETLINK,
@@ -479,6 +493,8 @@ def ipme():
             address = attrs.get(_IFA_LOCAL, attrs.get(_IFA_ADDRESS))
             if address and len(address) == 4:
                 addresses.add(bytes(address))
+    finally:
+        sock.close()
     return addresses
 
 

@@ -10,7 +10,13 @@ temporary failure) and 3 (a failed QUIT leaves the verdict alone) apply.
 
 import errno
 import select
-import socket
+
+try:
+    # The C module under `socket`: the same calls without socket.py's enum
+    # and selectors imports, which cost several ms of every run's start-up.
+    import _socket as socket
+except ImportError:  # not CPython
+    import socket
 
 from ._kernel import Writer, ReplyReader
 from .errors import ConnectionDied, PartialLineError
