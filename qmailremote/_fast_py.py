@@ -33,11 +33,31 @@ _SCAN_WINDOW = 4096
 
 
 def _blast(data, at_line_start):
-    """Encode one chunk; return (encoded bytes, line start after it)."""
-    out = bytes(data).replace(b"\n.", b"\n..").replace(b"\n", b"\r\n")
-    if at_line_start and out[:1] == b".":
-        out = b"." + out
-    return out, out[-1:] == b"\n" if out else at_line_start
+    """Encode one chunk; return (encoded bytes, line start after it).
+
+    ``bytes.replace`` with a two-byte pattern runs at a third of the speed
+    of a one-byte one, so the rare ``\\n.`` are found with ``find`` and
+    their dots doubled by one join, then every LF gets its CR.
+    """
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    if not data:
+        return b"", at_line_start
+    pieces = [b"."] if at_line_start and data[0] == 46 else []
+    find = data.find
+    dot = find(b"\n.")
+    if dot >= 0 or pieces:
+        with memoryview(data) as view:
+            start = 0
+            while dot >= 0:
+                pieces.append(view[start:dot + 2])
+                pieces.append(b".")
+                start = dot + 2
+                dot = find(b"\n.", start)
+            pieces.append(view[start:])
+            data = b"".join(pieces)
+            pieces.clear()
+    return data.replace(b"\n", b"\r\n"), data[-1] == 10
 
 
 class Encoder:
