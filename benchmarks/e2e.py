@@ -1,0 +1,965 @@
+"""End-to-end delivery throughput: whole processes against a loopback sink.
+
+Every sender is a whole process delivering one message to the same fast
+loopback SMTP sink (``sink.py``), timed from spawn to reap:
+
+* ``ceiling``: ``python -I -S`` doing the SMTP dialogue itself and
+  ``socket.sendfile``-ing a pre-encoded copy of the body (CRLF, dot-stuffed,
+  ``.\\r\\n`` added once, before timing), with TCP_NODELAY: the fastest a
+  Python process can put this message on the wire;
+* ``qmail-remote``: the installed console script, compiled kernel;
+* ``qmail-remote-pure``: the same, with ``QMAILREMOTE_NO_EXTENSIONS=1``;
+* ``smtplib``: ``smtplib.SMTP(...).sendmail(from, to, msg)`` with *msg* the
+  file read as text (a ``str``, as ``msg.as_string()`` users pass): smtplib
+  sends ``bytes`` as they are, bare LFs included, and converts line endings
+  only for ``str``.  ``smtplib-bytes`` (only on request) passes the bytes,
+  and so puts bare LFs on the wire;
+* ``aiosmtplib``: ``aiosmtplib.send(msg_bytes, ...)`` under ``asyncio.run``,
+  when it is importable (it normalises line endings of bytes itself);
+* ``netqmail``: a C netqmail 1.06 ``qmail-remote``, when
+  ``QMAILREMOTE_BENCH_C`` names the binary and ``QMAILREMOTE_BENCH_C_HOME``
+  the qmail home compiled into it.  The harness writes ``control/me`` and
+  ``control/smtproutes`` there (and puts back what was there before), so it
+  must NOT be a live qmail's home; a home with a ``queue/`` is refused.
+
+qmail-remote gets the message file as its stdin (a regular file, as
+qmail-rspawn gives it); the library scripts open it by path, as their users
+would.  Messages (``messages.py``) are 76-byte LF lines, 2 % of them starting
+with ``.``, seeded, written once per size; everything is read from the page
+cache.  Each run checks that the sink got one more message with exactly the
+expected body size and that qmail-remote printed a K report.
+
+Per sender and size: wall time, CPU time (user+sys) and peak RSS of the
+sender (``os.wait4`` in a small launcher process that forks it, see
+``LAUNCHER``), throughput (message size / wall time) and wall time over
+the ceiling's; the harness's own CPU time during the run is the sink's,
+reported so that a saturated sink shows.  Runs interleave the senders, in
+an order rotated each run; medians (and the best run) are reported.  A
+"sink check" then compares a plain ``sendall`` loop from memory, against
+the sink and against a bare drain, with the ceiling.
+
+    python benchmarks/e2e.py [--sizes 1K,1M,100M,1G] [--runs N]
+        [--senders ceiling,qmail-remote,...] [--json out.json] [--png out.png]
+
+Sizes are binary (1M = 2**20 bytes), throughput is MiB/s.  1G is skipped
+when the temp directory has too little space.  Install the package first,
+non-editable (``pip install .``), and run from anywhere.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from messages import (describe, encode, format_size, generate,  # noqa: E402
+                      parse_size)
+from sink import Sink  # noqa: E402
+
+SENDER = "a@bench.example"
+RECIPIENT = "c@bench.example"
+HELO = "bench.invalid"
+ALL_SENDERS = ["ceiling", "qmail-remote", "qmail-remote-pure", "smtplib",
+               "aiosmtplib", "netqmail"]
+OPTIONAL = ["smtplib-bytes"]
+MIB = 1 << 20
+SINK_CHECK_RUNS = 5
+SINK_CHECK_MIN = 64 * MIB  # below this, fixed costs swamp the rate
+
+# --- the client processes -------------------------------------------------
+
+_DIALOGUE = f"""
+import socket, sys, time
+port = int(sys.argv[2])
+def reply(f, want):
+    while True:
+        line = f.readline()
+        if line[3:4] != b"-":
+            break
+    if not line.startswith(want):
+        sys.exit("unexpected reply %r" % line)
+def dialogue():
+    s = socket.create_connection(("127.0.0.1", port))
+    f = s.makefile("rb")
+    reply(f, b"220")
+    for cmd, want in ((b"HELO {HELO}", b"250"),
+                      (b"MAIL FROM:<{SENDER}>", b"250"),
+                      (b"RCPT TO:<{RECIPIENT}>", b"250"), (b"DATA", b"354")):
+        s.sendall(cmd + b"\\r\\n")
+        reply(f, want)
+    return s, f
+def finish(s, f):
+    reply(f, b"250")
+    s.sendall(b"QUIT\\r\\n")
+    s.close()
+"""
+
+# TCP_NODELAY: without it the end of the body waits, in about half the
+# runs, for the sink's delayed ACK (Nagle; see the README), and the ceiling
+# is the best a process can do.
+CEILING = _DIALOGUE + """
+s, f = dialogue()
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+with open(sys.argv[1], "rb") as body:
+    s.sendfile(body)
+finish(s, f)
+"""
+
+# The sink check's client: the encoded body read into memory first, then
+# sent with sendall() 1 MiB at a time; prints the seconds from the DATA
+# reply to the final reply ("smtp") or from connect to the drain's EOF
+# ("raw").  TCP_NODELAY: a 1 MiB write ends in a short segment, and Nagle
+# would hold the next short one for the receiver's delayed ACK (40 ms),
+# which measures the ACK timer, not the sink.
+MEMORY = _DIALOGUE + """
+with open(sys.argv[1], "rb") as body:
+    data = memoryview(body.read())
+chunk = 1 << 20
+if sys.argv[3] == "smtp":
+    s, f = dialogue()
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    start = time.perf_counter()
+    for i in range(0, len(data), chunk):
+        s.sendall(data[i:i + chunk])
+    finish(s, f)
+else:
+    start = time.perf_counter()
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(0, len(data), chunk):
+        s.sendall(data[i:i + chunk])
+    s.shutdown(socket.SHUT_WR)
+    s.recv(1)
+print(time.perf_counter() - start)
+"""
+
+SMTPLIB = f"""
+import smtplib, sys
+with open(sys.argv[1]) as f:
+    msg = f.read()
+with smtplib.SMTP("127.0.0.1", int(sys.argv[2]),
+                  local_hostname="{HELO}") as smtp:
+    smtp.sendmail("{SENDER}", ["{RECIPIENT}"], msg)
+"""
+
+SMTPLIB_BYTES = SMTPLIB.replace("open(sys.argv[1])", 'open(sys.argv[1], "rb")')
+
+AIOSMTPLIB = f"""
+import asyncio, sys, aiosmtplib
+with open(sys.argv[1], "rb") as f:
+    msg = f.read()
+asyncio.run(aiosmtplib.send(msg, sender="{SENDER}",
+                            recipients=["{RECIPIENT}"], hostname="127.0.0.1",
+                            port=int(sys.argv[2]), local_hostname="{HELO}",
+                            timeout=600))
+"""
+
+
+# --- environment ----------------------------------------------------------
+
+def qmail_remote_command():
+    beside = os.path.join(os.path.dirname(sys.executable), "qmail-remote")
+    found = beside if os.path.exists(beside) else shutil.which("qmail-remote")
+    if not found:
+        sys.exit("qmail-remote is not installed: pip install . first")
+    return found
+
+
+def write_home(home, port):
+    control = os.path.join(home, "control")
+    os.makedirs(control, exist_ok=True)
+    with open(os.path.join(control, "me"), "w") as f:
+        f.write(HELO + "\n")
+    with open(os.path.join(control, "smtproutes"), "w") as f:
+        f.write(f":127.0.0.1:{port}\n")
+
+
+class CHome:
+    """The C build's compiled-in home: control files written, then put back."""
+
+    FILES = ("me", "smtproutes")
+
+    def __init__(self, home):
+        if os.path.exists(os.path.join(home, "queue")):
+            sys.exit(f"QMAILREMOTE_BENCH_C_HOME={home} has a queue/: it looks "
+                     "like a live qmail home; use a scratch home")
+        self.home = home
+        self.saved = {}
+
+    def __enter__(self):
+        for name in self.FILES:
+            path = os.path.join(self.home, "control", name)
+            try:
+                with open(path, "rb") as f:
+                    self.saved[name] = f.read()
+            except FileNotFoundError:
+                self.saved[name] = None
+        return self
+
+    def __exit__(self, *exc):
+        for name, data in self.saved.items():
+            path = os.path.join(self.home, "control", name)
+            if data is None:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            else:
+                with open(path, "wb") as f:
+                    f.write(data)
+
+
+def mem_available():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def kernel_in_use(env, cwd):
+    """What the installed package's console script would load."""
+    code = ("import qmailremote, qmailremote._kernel as k; "
+            "print(qmailremote.__file__); print(k.COMPILED)")
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd,
+                          capture_output=True, text=True)
+    if done.returncode:
+        return {"error": done.stderr.strip()}
+    path, compiled = done.stdout.splitlines()[-2:]
+    return {"module": path, "compiled": compiled == "True"}
+
+
+def git_head():
+    try:
+        return subprocess.run(["git", "-C", os.path.join(HERE, os.pardir),
+                               "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --- running one process --------------------------------------------------
+
+# Every sender is started by this launcher, which forks it, times it from
+# fork to reap and reports its wait4() rusage on fd argv[1].  Without it,
+# a sender's ru_maxrss would start at the harness's own peak RSS: Linux
+# carries the peak of the memory image a process had before exec() into
+# its ru_maxrss, and a child spawned by the harness had the harness's.
+# The launcher is a fresh, small process, so the floor is its own size
+# (measured at start-up with `true`, and reported).
+LAUNCHER = """
+import os, sys, time
+fd, argv = int(sys.argv[1]), sys.argv[2:]
+start = time.perf_counter()
+pid = os.fork()
+if not pid:
+    try:
+        os.close(fd)
+        os.execv(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+os.write(fd, ("%r %r %r %d %d" % (wall, ru.ru_utime, ru.ru_stime, ru.ru_maxrss,
+              os.waitstatus_to_exitcode(status))).encode())
+"""
+RSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes / KiB
+SPAWN_CPU = [0.0]  # the harness's CPU time for one spawn, set at start-up
+
+
+def run_process(argv, env, cwd, stdin_path, timeout):
+    """Run *argv* through the launcher: {wall_s, user_s, sys_s, ...}."""
+    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+    err = tempfile.TemporaryFile()
+    report_r, report_w = os.pipe()
+    killed = []
+    try:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", LAUNCHER, str(report_w)]
+            + argv, stdin=stdin, stdout=subprocess.PIPE, stderr=err, env=env,
+            cwd=cwd, pass_fds=(report_w,), start_new_session=True)
+        os.close(report_w)
+        report_w = None
+
+        def kill():
+            if proc.returncode is None:
+                killed.append(True)
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        killer = threading.Timer(timeout, kill)
+        killer.daemon = True
+        killer.start()
+        try:
+            out = proc.stdout.read()
+            report = b""
+            while True:
+                piece = os.read(report_r, 4096)
+                if not piece:
+                    break
+                report += piece
+            proc.wait()
+        finally:
+            killer.cancel()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        proc.stdout.close()
+        err.seek(0)
+        result = {
+            "wall_s": 0.0, "user_s": 0.0, "sys_s": 0.0, "maxrss_bytes": 0,
+            "returncode": proc.returncode or -1,
+            "sink_cpu_s": max(0.0, after.ru_utime - before.ru_utime
+                              + after.ru_stime - before.ru_stime
+                              - SPAWN_CPU[0]),
+            "killed": bool(killed),
+            "stdout": out,
+            "stderr": err.read()[-2000:],
+        }
+        if report and not proc.returncode:
+            wall, user, system, rss, code = report.split()
+            result.update(wall_s=float(wall), user_s=float(user),
+                          sys_s=float(system),
+                          maxrss_bytes=int(rss) * RSS_UNIT,
+                          returncode=int(code))
+        return result
+    finally:
+        err.close()
+        os.close(report_r)
+        if report_w is not None:
+            os.close(report_w)
+        if stdin_path:
+            stdin.close()
+
+
+def launcher_baseline(cwd):
+    """The launcher running `true`: (peak RSS floor, harness CPU per spawn).
+
+    The first is the smallest peak RSS the launcher can report; the second
+    is taken off every run's harness CPU time to leave the sink's.
+    """
+    true = shutil.which("true") or "/bin/true"
+    runs = [run_process([true], os.environ, cwd, None, 60) for _ in range(5)]
+    return (max(r["maxrss_bytes"] for r in runs),
+            statistics.median(r["sink_cpu_s"] for r in runs))
+
+
+def interpreter_startup(cwd):
+    """Median wall seconds of `python -c pass`, with and without site.
+
+    The console script and the library scripts run with site (and any
+    .pth files it executes); the ceiling runs with -I -S.
+    """
+    out = {}
+    for name, flags in (("python -c pass", []),
+                        ("python -I -S -c pass", ["-I", "-S"])):
+        runs = [run_process([sys.executable] + flags + ["-c", "pass"],
+                            os.environ, cwd, None, 60) for _ in range(7)]
+        out[name] = statistics.median(r["wall_s"] for r in runs)
+    return out
+
+
+def package_digest(module_path):
+    """A short digest of the installed package's .py and extension files."""
+    import hashlib
+    folder = os.path.dirname(module_path)
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        if name.endswith((".py", ".so", ".pyd")):
+            digest.update(name.encode())
+            with open(os.path.join(folder, name), "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()[:12]
+
+
+def k_report(stdout):
+    """True when qmail-remote's output ends with a K report."""
+    reports = stdout.split(b"\0")
+    return stdout.endswith(b"\0") and len(reports) >= 2 and \
+        reports[-2][:1] == b"K"
+
+
+# --- senders --------------------------------------------------------------
+
+class Sender:
+    def __init__(self, name, argv, env, stdin=False, qmail=False,
+                 expect=None, memory_factor=0):
+        self.name = name
+        self.argv = argv            # list; "{raw}", "{enc}", "{port}" filled
+        self.env = env
+        self.stdin = stdin          # the raw message file as stdin
+        self.qmail = qmail          # stdout must end with a K report
+        self.expect = expect        # body bytes (info) -> int; None: encoded
+        self.memory_factor = memory_factor  # copies of the message held
+
+    def command(self, files, port):
+        return [a.format(raw=files["raw"], enc=files["enc"], port=port)
+                for a in self.argv]
+
+
+def compiled_env():
+    """The environment, without a QMAILREMOTE_NO_EXTENSIONS it may carry."""
+    return {k: v for k, v in os.environ.items()
+            if k != "QMAILREMOTE_NO_EXTENSIONS"}
+
+
+def make_senders(names, home, notes):
+    py = sys.executable
+    base = compiled_env()
+    qenv = dict(base, QMAILHOME=home)
+    qr = qmail_remote_command()
+    qargs = ["bench.example", SENDER, RECIPIENT]
+    table = {
+        "ceiling": lambda: Sender(
+            "ceiling", [py, "-I", "-S", "-c", CEILING, "{enc}", "{port}"],
+            base),
+        "qmail-remote": lambda: Sender(
+            "qmail-remote", [qr] + qargs, qenv, stdin=True, qmail=True),
+        "qmail-remote-pure": lambda: Sender(
+            "qmail-remote-pure", [qr] + qargs,
+            dict(qenv, QMAILREMOTE_NO_EXTENSIONS="1"), stdin=True,
+            qmail=True),
+        "smtplib": lambda: Sender(
+            "smtplib", [py, "-c", SMTPLIB, "{raw}", "{port}"], base,
+            memory_factor=7),
+        "smtplib-bytes": lambda: Sender(
+            "smtplib-bytes", [py, "-c", SMTPLIB_BYTES, "{raw}", "{port}"],
+            base, memory_factor=4,
+            # bare LFs: the body as it is, dots doubled, CRLF . CRLF
+            expect=lambda info: info["bytes"] + info["dot_lines"] + 5),
+        "aiosmtplib": lambda: Sender(
+            "aiosmtplib", [py, "-c", AIOSMTPLIB, "{raw}", "{port}"], base,
+            memory_factor=7),
+    }
+    c_binary = os.environ.get("QMAILREMOTE_BENCH_C")
+    c_home = os.environ.get("QMAILREMOTE_BENCH_C_HOME")
+    senders = []
+    for name in names:
+        if name == "aiosmtplib":
+            probe = subprocess.run([py, "-c", "import aiosmtplib"],
+                                   capture_output=True)
+            if probe.returncode:
+                notes.append("aiosmtplib: not importable, skipped "
+                             "(pip install aiosmtplib)")
+                continue
+        if name == "netqmail":
+            if not c_binary:
+                notes.append("netqmail: not measured (set QMAILREMOTE_BENCH_C"
+                             " and QMAILREMOTE_BENCH_C_HOME)")
+                continue
+            if not c_home:
+                sys.exit("QMAILREMOTE_BENCH_C is set: set "
+                         "QMAILREMOTE_BENCH_C_HOME to the home compiled into "
+                         "it (a scratch home, never a live qmail's)")
+            env = {k: v for k, v in base.items() if k != "QMAILHOME"}
+            c_binary = os.path.abspath(c_binary)
+            if not os.access(c_binary, os.X_OK):
+                sys.exit(f"QMAILREMOTE_BENCH_C={c_binary}: not executable")
+            senders.append(Sender("netqmail", [c_binary] + qargs, env,
+                                  stdin=True, qmail=True))
+            continue
+        if name not in table:
+            sys.exit(f"unknown sender {name!r}; known: "
+                     f"{', '.join(ALL_SENDERS + OPTIONAL)}")
+        senders.append(table[name]())
+    return senders
+
+
+# --- progress -------------------------------------------------------------
+
+class Progress:
+    """A ``\\r`` status line on stderr; one line per step if not a tty."""
+
+    def __init__(self):
+        self.total = 0
+        self.done = 0
+        self.tty = sys.stderr.isatty()
+        self.width = 0
+        self.start = time.perf_counter()
+
+    def show(self, text, final=False):
+        elapsed = time.perf_counter() - self.start
+        count = f"[{self.done:>3}/{self.total}] " if self.total else ""
+        line = f"{elapsed:5.0f}s {count}{text}"
+        if self.tty:
+            sys.stderr.write("\r" + line.ljust(self.width))
+            self.width = len(line)
+            if final:
+                sys.stderr.write("\n")
+                self.width = 0
+        elif final:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def clear(self):
+        if self.tty and self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+            self.width = 0
+
+
+# --- the measurement ------------------------------------------------------
+
+def prepare(sizes, workdir, seed, progress):
+    files = {}
+    for size in sizes:
+        label = format_size(size)
+        progress.show(f"writing the {label} message and its encoded copy")
+        raw = os.path.join(workdir, f"message-{label}")
+        enc = raw + ".smtp"
+        info = generate(raw, size, seed)
+        info["encoded_bytes"] = encode(raw, enc)
+        files[size] = {"raw": raw, "enc": enc, "info": info}
+    progress.clear()
+    return files
+
+
+def one_run(sender, files, sink, workdir, timeout):
+    info = files["info"]
+    expect = sender.expect(info) if sender.expect else info["encoded_bytes"]
+    messages, body = sink.messages, sink.body_bytes
+    result = run_process(sender.command(files, sink.port), sender.env,
+                         workdir, files["raw"] if sender.stdin else None,
+                         timeout)
+    problems = []
+    if result["killed"]:
+        problems.append(f"killed after {timeout} s")
+    if result["returncode"]:
+        problems.append(f"exit status {result['returncode']}")
+    if sender.qmail and not k_report(result["stdout"]):
+        problems.append(f"no K report: {result['stdout'][-200:]!r}")
+    got_messages = sink.messages - messages
+    got_body = sink.body_bytes - body
+    if got_messages != 1 or got_body != expect:
+        problems.append(f"sink got {got_messages} message(s), {got_body:,} "
+                        f"body bytes; expected 1, {expect:,}")
+    if problems and result["stderr"]:
+        problems.append("stderr: " + result["stderr"].decode(
+            "utf-8", "replace").strip().replace("\n", " | ")[-300:])
+    result["error"] = "; ".join(problems) or None
+    del result["stdout"], result["stderr"]
+    return result
+
+
+def median_of(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def summarise(size, runs_by_sender):
+    out = {}
+    for name, runs in runs_by_sender.items():
+        good = [r for r in runs if not r["error"]]
+        entry = {"runs": runs, "failed_runs": len(runs) - len(good)}
+        if good:
+            wall = median_of(good, "wall_s")
+            entry["best_wall_s"] = min(r["wall_s"] for r in good)
+            entry["median"] = {
+                "wall_s": wall,
+                "cpu_s": statistics.median(r["user_s"] + r["sys_s"]
+                                           for r in good),
+                "user_s": median_of(good, "user_s"),
+                "sys_s": median_of(good, "sys_s"),
+                "maxrss_bytes": median_of(good, "maxrss_bytes"),
+                "sink_cpu_s": median_of(good, "sink_cpu_s"),
+            }
+            entry["mib_per_s"] = size / MIB / wall
+        out[name] = entry
+    ceiling = out.get("ceiling", {}).get("median")
+    for entry in out.values():
+        if ceiling and "median" in entry:
+            entry["wall_vs_ceiling"] = entry["median"]["wall_s"] / \
+                ceiling["wall_s"]
+    return out
+
+
+def measure(args, senders, files, sink, workdir, notes, progress):
+    results = {}
+    plan = []
+    for size in args.sizes:
+        runs = args.runs or (3 if size > 100 * MIB else 5)
+        avail = mem_available()
+        active = []
+        for s in senders:
+            need = s.memory_factor * size
+            if avail is not None and need > avail:
+                notes.append(f"{s.name} at {format_size(size)}: skipped, "
+                             f"needs ~{need / MIB:,.0f} MiB of memory, "
+                             f"{avail / MIB:,.0f} MiB available")
+                continue
+            active.append(s)
+        plan.append((size, runs, active))
+    progress.total = (sum(r * len(a) for _, r, a in plan)
+                      + len(senders) * bool(args.warmup)
+                      + 2 * SINK_CHECK_RUNS * (args.sink_check and max(
+                          files) >= SINK_CHECK_MIN))
+
+    # One untimed round at the smallest size: pyc files, page cache, binaries.
+    if args.warmup:
+        smallest = min(files)
+        for s in senders:
+            progress.show(f"warm-up {s.name}")
+            r = one_run(s, files[smallest], sink, workdir, args.timeout)
+            progress.done += 1
+            if r["error"]:
+                progress.show(f"warm-up {s.name}: {r['error']}",
+                              final=True)
+
+    for size, runs, active in plan:
+        label = format_size(size)
+        by_sender = {s.name: [] for s in active}
+        for run in range(runs):
+            shift = run % len(active)
+            for s in active[shift:] + active[:shift]:
+                progress.show(f"{label} run {run + 1}/{runs}: {s.name} ...")
+                r = one_run(s, files[size], sink, workdir, args.timeout)
+                by_sender[s.name].append(r)
+                progress.done += 1
+                rate = size / MIB / r["wall_s"] if r["wall_s"] else 0
+                status = f"FAILED: {r['error']}" if r["error"] else \
+                    f"{r['wall_s'] * 1000:,.1f} ms, {rate:,.1f} MiB/s"
+                progress.show(f"{label} run {run + 1}/{runs}: {s.name} "
+                              f"{status}", final=bool(r["error"]))
+        results[label] = dict(files[size]["info"], runs=runs,
+                              senders=summarise(size, by_sender))
+        progress.show(f"{label}: done", final=True)
+    return results
+
+
+# --- is the sink the bottleneck? ------------------------------------------
+
+class Drain:
+    """Accepts connections and reads them to EOF, counting nothing."""
+
+    def __init__(self):
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(8)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        buf = memoryview(bytearray(1 << 20))
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with conn:
+                while conn.recv_into(buf):
+                    pass
+
+    def close(self):
+        self._listener.close()
+
+
+def sink_check(args, files, sink, workdir, results, progress):
+    """sendall() from memory into the sink and into a bare drain."""
+    size = max(files)
+    label = format_size(size)
+    if size < SINK_CHECK_MIN:
+        progress.show(f"sink check: skipped, needs a size of at least "
+                      f"{format_size(SINK_CHECK_MIN)}", final=True)
+        return None
+    enc = files[size]["enc"]
+    expect = files[size]["info"]["encoded_bytes"]
+    drain = Drain()
+    times = {"sink": [], "drain": []}
+    cpu = []
+    try:
+        for run in range(SINK_CHECK_RUNS):
+            for target, port in (("sink", sink.port), ("drain", drain.port)):
+                progress.show(f"sink check ({label}): sendall from memory "
+                              f"into the {target}, run {run + 1}/"
+                              f"{SINK_CHECK_RUNS}")
+                messages, body = sink.messages, sink.body_bytes
+                r = run_process([sys.executable, "-I", "-S", "-c", MEMORY,
+                                 enc, str(port),
+                                 "smtp" if target == "sink" else "raw"],
+                                os.environ, workdir, None, args.timeout)
+                progress.done += 1
+                if r["returncode"] or (target == "sink" and (
+                        sink.messages - messages != 1
+                        or sink.body_bytes - body != expect)):
+                    sys.exit(f"sink check failed: {r['stderr']!r}")
+                seconds = float(r["stdout"].split()[-1])
+                times[target].append(seconds)
+                if target == "sink":
+                    cpu.append(r["sink_cpu_s"] / seconds)
+    finally:
+        drain.close()
+    progress.show("sink check: done", final=True)
+    ceiling = results[label]["senders"].get("ceiling", {})
+    return {
+        "size": label,
+        "sendall_into_sink_mib_per_s":
+            expect / MIB / statistics.median(times["sink"]),
+        "sendall_into_drain_mib_per_s":
+            expect / MIB / statistics.median(times["drain"]),
+        "best_sendall_into_sink_mib_per_s": expect / MIB / min(times["sink"]),
+        "best_sendall_into_drain_mib_per_s":
+            expect / MIB / min(times["drain"]),
+        "seconds": times,
+        "sink_cpu_share_while_sendall": statistics.median(cpu),
+        "ceiling_mib_per_s": ceiling.get("mib_per_s"),
+        "ceiling_sink_cpu_share":
+            ceiling["median"]["sink_cpu_s"] / ceiling["median"]["wall_s"]
+            if "median" in ceiling else None,
+    }
+
+
+# --- output ---------------------------------------------------------------
+
+def rate(mib_per_s):
+    """Three significant digits at least: 0.0391, 12.8, 1,442."""
+    if mib_per_s >= 100:
+        return f"{mib_per_s:,.0f}"
+    return f"{mib_per_s:.3g}"
+
+
+def print_table(results, senders, check, notes, floor):
+    for label, entry in results.items():
+        print(f"\n{label} message: {describe(entry)}; "
+              f"{entry['encoded_bytes']:,} bytes on the wire. "
+              f"{entry['runs']} runs, medians")
+        print(f"  {'sender':<18} {'wall ms':>10} {'best':>8} {'x ceil':>7} "
+              f"{'CPU ms':>10} {'user':>8} {'sys':>8} {'peak RSS':>12} "
+              f"{'MiB/s':>9} {'sink CPU':>8}")
+        for s in senders:
+            e = entry["senders"].get(s.name)
+            if e is None:
+                continue
+            if "median" not in e:
+                print(f"  {s.name:<18} FAILED in every run")
+                continue
+            m = e["median"]
+            ratio = e.get("wall_vs_ceiling")
+            ratio = f"{ratio:7.2f}" if ratio else f"{'':>7}"
+            rss = m["maxrss_bytes"]
+            rss = f"<={floor / MIB:,.1f} MiB" if rss <= floor * 1.05 else \
+                f"{rss / MIB:,.1f} MiB"
+            failed = f"  ({e['failed_runs']} failed)" if e["failed_runs"] \
+                else ""
+            print(f"  {s.name:<18} {m['wall_s'] * 1000:10,.1f} "
+                  f"{e['best_wall_s'] * 1000:8,.1f} {ratio} "
+                  f"{m['cpu_s'] * 1000:10,.1f} {m['user_s'] * 1000:8,.1f} "
+                  f"{m['sys_s'] * 1000:8,.1f} {rss:>12} "
+                  f"{rate(e['mib_per_s']):>9} "
+                  f"{100 * m['sink_cpu_s'] / m['wall_s']:7.0f}%{failed}")
+    print("\nwall: fork to reap, median (best: the fastest run); x ceil: "
+          "median wall over the ceiling's; CPU: the sender's user+sys; "
+          "MiB/s: message size / median wall; sink CPU: the harness's CPU "
+          "time over the run, less its cost of one spawn, over the wall "
+          f"time.  Peak RSS is not resolved below {floor / MIB:.1f} MiB "
+          "(the launcher's own floor).")
+    if check:
+        print(f"\nSink check ({check['size']}, body only, median (best) of "
+              f"{SINK_CHECK_RUNS}): sendall() from memory into the sink "
+              f"{check['sendall_into_sink_mib_per_s']:,.0f} "
+              f"({check['best_sendall_into_sink_mib_per_s']:,.0f}) MiB/s, "
+              f"sink busy {100 * check['sink_cpu_share_while_sendall']:.0f}%"
+              f" of a CPU; into a bare recv_into drain "
+              f"{check['sendall_into_drain_mib_per_s']:,.0f} "
+              f"({check['best_sendall_into_drain_mib_per_s']:,.0f}) MiB/s; "
+              f"the ceiling, whole process, "
+              f"{check['ceiling_mib_per_s'] or 0:,.0f} MiB/s.")
+    for note in notes:
+        print(f"note: {note}")
+
+
+def plot(results, senders, path, floor):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not importable: no chart " \
+            "(pip install matplotlib)"
+    labels = list(results)
+    names = [s.name for s in senders]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        xs, rates, rss = [], [], []
+        for j, label in enumerate(labels):
+            e = results[label]["senders"].get(name, {})
+            if "median" in e:
+                xs.append(j + (i - (len(names) - 1) / 2) * width)
+                rates.append(e["mib_per_s"])
+                rss.append(e["median"]["maxrss_bytes"] / MIB)
+        ax1.bar(xs, rates, width, label=name)
+        ax2.bar(xs, rss, width, label=name)
+    for ax, title, unit in ((ax1, "Throughput (message size / wall time)",
+                             "MiB/s"),
+                            (ax2, "Peak RSS of the sending process", "MiB")):
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels)
+        ax.set_xlabel("message size")
+        ax.set_ylabel(unit)
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.grid(axis="y", which="both", alpha=0.3)
+    line = ax2.axhline(floor / MIB, color="grey", linestyle="--",
+                       linewidth=1,
+                       label="launcher floor: smaller peaks show as this")
+    ax1.legend(fontsize="small")
+    ax2.legend(handles=[line], fontsize="small", loc="upper left")
+    fig.suptitle("qmailremote end-to-end: whole processes into a loopback "
+                 "SMTP sink (medians)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# --- main -----------------------------------------------------------------
+
+def choose_sizes(spec, workdir, notes):
+    sizes = []
+    free = shutil.disk_usage(workdir).free
+    needed = 0
+    for size in sorted({parse_size(s) for s in spec.split(",") if s}):
+        # the message and its encoded copy (~2.03x together), 1 GiB spare
+        if needed + 2.1 * size + (1 << 30) > free:
+            notes.append(f"{format_size(size)}: skipped, only "
+                         f"{free / MIB:,.0f} MiB free in {workdir}")
+            continue
+        needed += 2.1 * size
+        sizes.append(size)
+    if not sizes:
+        sys.exit("no size fits on disk")
+    return sizes
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1K,1M,100M,1G",
+                        help="comma-separated, binary units (default: "
+                        "%(default)s; 1G only if disk space allows)")
+    parser.add_argument("--runs", type=int, default=0,
+                        help="runs per size (default: 5, or 3 above 100M)")
+    parser.add_argument("--senders", default=",".join(ALL_SENDERS),
+                        help="comma-separated, from: " +
+                        ", ".join(ALL_SENDERS + OPTIONAL) +
+                        " (the ceiling is always run)")
+    parser.add_argument("--json", metavar="PATH", help="write results here")
+    parser.add_argument("--png", metavar="PATH",
+                        help="write a chart here (needs matplotlib)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tmpdir", default=None,
+                        help="where the messages are written (default: "
+                        "the system temp directory)")
+    parser.add_argument("--timeout", type=float, default=900,
+                        help="seconds before a sender is killed")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false")
+    parser.add_argument("--no-sink-check", dest="sink_check",
+                        action="store_false")
+    args = parser.parse_args()
+
+    notes = []
+    progress = Progress()
+    workdir = tempfile.mkdtemp(prefix="qmailremote-e2e-", dir=args.tmpdir)
+    try:
+        args.sizes = choose_sizes(args.sizes, workdir, notes)
+        names = [n.strip() for n in args.senders.split(",") if n.strip()]
+        names = ["ceiling"] + [n for n in names if n != "ceiling"]
+        started = time.time()
+        with contextlib.ExitStack() as stack:
+            sink = stack.enter_context(Sink())
+            home = os.path.join(workdir, "home")
+            write_home(home, sink.port)
+            senders = make_senders(names, home, notes)
+            if any(s.name == "netqmail" for s in senders):
+                c_home = os.environ["QMAILREMOTE_BENCH_C_HOME"]
+                stack.enter_context(CHome(c_home))
+                write_home(c_home, sink.port)
+            kernels = {
+                "qmail-remote": kernel_in_use(compiled_env(), workdir),
+                "qmail-remote-pure": kernel_in_use(
+                    dict(compiled_env(), QMAILREMOTE_NO_EXTENSIONS="1"),
+                    workdir),
+            }
+            if "qmail-remote" in names and \
+                    not kernels["qmail-remote"].get("compiled"):
+                notes.append("WARNING: the installed qmail-remote does not "
+                             "load the compiled kernel: "
+                             f"{kernels['qmail-remote']}")
+            floor, SPAWN_CPU[0] = launcher_baseline(workdir)
+            startup = interpreter_startup(workdir)
+            module = kernels["qmail-remote"].get("module")
+            digest = package_digest(module) if module else None
+            files = prepare(args.sizes, workdir, args.seed, progress)
+            results = measure(args, senders, files, sink, workdir, notes,
+                              progress)
+            check = sink_check(args, files, sink, workdir, results,
+                               progress) if args.sink_check else None
+        progress.clear()
+        print(f"python {sys.version.split()[0]} ({sys.executable}); "
+              f"{platform.platform()}; {os.cpu_count()} CPUs")
+        print(f"qmail-remote: {qmail_remote_command()}; installed package "
+              f"{module} (digest {digest}); checkout HEAD {git_head()}")
+        print("interpreter start-up: " + "; ".join(
+            f"{k} {v * 1000:.1f} ms" for k, v in startup.items()))
+        print_table(results, senders, check, notes, floor)
+        failures = sum(e["failed_runs"] for r in results.values()
+                       for e in r["senders"].values())
+        if args.json:
+            document = {
+                "meta": {
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z",
+                                             time.localtime(started)),
+                    "seconds": time.time() - started,
+                    "python": sys.version,
+                    "executable": sys.executable,
+                    "platform": platform.platform(),
+                    "cpus": os.cpu_count(),
+                    "checkout_head": git_head(),
+                    "installed_package": module,
+                    "installed_digest": digest,
+                    "interpreter_startup_s": startup,
+                    "qmail_remote": qmail_remote_command(),
+                    "kernels": kernels,
+                    "netqmail": os.environ.get("QMAILREMOTE_BENCH_C"),
+                    "senders": [s.name for s in senders],
+                    "rss_floor_bytes": floor,
+                    "units": "sizes binary (1M = 2**20 bytes); throughput "
+                             "MiB/s of message size over wall time",
+                },
+                "sizes": results,
+                "sink_check": check,
+                "notes": notes,
+            }
+            with open(args.json, "w") as f:
+                json.dump(document, f, indent=1)
+        if args.png:
+            problem = plot(results, senders, args.png, floor)
+            if problem:
+                print(f"note: {problem}")
+        if failures:
+            print(f"\n{failures} run(s) FAILED verification", file=sys.stderr)
+            sys.exit(1)
+    finally:
+        progress.clear()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
