@@ -11,13 +11,6 @@ import os
 __all__ = ["main", "run"]
 
 
-class _Stdin:
-    """fd 0 as a readinto() source, touched only when the body is sent."""
-
-    def readinto(self, view):
-        return os.readv(0, [view])
-
-
 def run(argv):
     """The bytes qmail-remote prints for *argv* (without the program name)."""
     try:
@@ -26,7 +19,7 @@ def run(argv):
             return Result([], PERM_USAGE).render()
         from .delivery import deliver
         args = [os.fsencode(arg) for arg in argv]
-        return deliver(args[0], args[1], args[2:], _Stdin()).render()
+        return deliver(args[0], args[1], args[2:], 0).render()  # fd 0: stdin
     except MemoryError:
         return b"ZOut of memory. (#4.3.0)\n\0"
     except Exception:
@@ -36,15 +29,15 @@ def run(argv):
 
 def main():
     """Console-script entry point: print the reports, exit 0."""
-    import sys
     try:
-        output = run(sys.argv[1:])
+        import sys
+        view = memoryview(run(sys.argv[1:]))
     except BaseException:
-        output = b"Zqmail-remote (qmailremote) was interrupted. (#4.3.0)\n\0"
+        view = memoryview(b"Zqmail-remote (qmailremote) was interrupted or "
+                          b"hit an internal error. (#4.3.0)\n\0")
     try:
-        view = memoryview(output)
         while view:
             view = view[os.write(1, view):]
-    except OSError:
+    except BaseException:
         pass  # netqmail exits 0 at once when stdout fails
     os._exit(0)

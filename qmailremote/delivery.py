@@ -7,7 +7,6 @@ tcpto -> the SMTP session.  The first failure wins and becomes the message
 report.
 """
 
-import io
 import os
 
 from .control import open_home, read_controls
@@ -61,37 +60,6 @@ def mangle(address, domain=None):
 
 def _bytes(text):
     return text if isinstance(text, bytes) else os.fsencode(text)
-
-
-class _Message:
-    """The message as a source of readinto(), opened only when needed.
-
-    netqmail reads stdin only after DATA is accepted, so a message that
-    cannot be read is noticed there (Z "Unable to read message").
-    """
-
-    def __init__(self, message):
-        self._message = message
-        self._file = None
-
-    def readinto(self, view):
-        if self._file is None:
-            message = self._message
-            if isinstance(message, (bytes, bytearray, memoryview)):
-                self._file = io.BytesIO(message)
-            elif isinstance(message, (str, os.PathLike)):
-                self._file = open(message, "rb", buffering=0)
-            else:
-                self._file = message
-        if hasattr(self._file, "readinto"):
-            return self._file.readinto(view)
-        data = self._file.read(len(view))
-        view[:len(data)] = data
-        return len(data)
-
-    def close(self):
-        if self._file is not None and self._file is not self._message:
-            self._file.close()
 
 
 def _canonical_recipients(recipients, resolver_of):
@@ -209,14 +177,15 @@ def deliver(host, sender, recipients, message, *, home=None, resolver=None):
     """Deliver *message* to *recipients* at *host*, as qmail-remote does.
 
     *host*, *sender* and *recipients* are bytes (or str, encoded with the
-    file system encoding); *message* is bytes, a path, or a binary file,
-    read only after the server accepts DATA.  *home* is the qmail home
+    file system encoding); *message* is bytes, a path, a file descriptor
+    or a binary file, read only after the server accepts DATA.  *home* is the qmail home
     directory (default ``$QMAILHOME`` or ``/var/qmail``); *resolver* an
     :class:`qmailremote.mx.Resolver` (default: ``/etc/resolv.conf``).
 
     Returns a :class:`Result`; it never raises for a failed delivery.
     """
-    source = _Message(message)
+    from .message import Message
+    source = Message(message)
     try:
         return _run(_bytes(host), _bytes(sender),
                     [_bytes(r) for r in recipients], source, home, resolver)

@@ -24,11 +24,7 @@ from .report import (PERM_PARTIALLINE, TEMP_NOMEM, TEMP_OSERR, TEMP_READ,
                      Failure, Result, dropped, internal_error, recipient_report,
                      stage_report)
 
-__all__ = ["connect", "Session", "READ_CHUNK"]
-
-# How much of the message is read from stdin at a time.  netqmail reads
-# through 1024 bytes; the kernel keeps the bytes on the wire identical.
-READ_CHUNK = 1 << 20
+__all__ = ["connect", "Session"]
 # How much of a reply is asked for per read (smtpfrom's buffer is 128
 # bytes; replies are parsed byte-exactly whatever this is).
 _REPLY_READ = 1 << 16
@@ -202,16 +198,11 @@ class Session:
         """
         writer = self._writer
         writer.begin_body()
-        buffer = bytearray(READ_CHUNK)
-        with memoryview(buffer) as view:
-            while True:
-                try:
-                    n = message.readinto(view)
-                except OSError:
-                    return TEMP_READ
-                if not n:
-                    break
-                writer.body(view[:n])
+        try:
+            for chunk in message.chunks():
+                writer.body(chunk)
+        except OSError:  # the message, not the socket: that is ConnectionDied
+            return TEMP_READ
         # What netqmail wrote while still reading goes out before the
         # critical window opens; only the tail and ".\r\n" are inside it.
         writer.flush_committed()
