@@ -5,8 +5,11 @@ with deviations 5-7: random order among equal MX preferences, CNAME queries
 instead of ANY, truncated answers asked again over TCP and used whole, and
 every IPv4 address of every interface that is up in ipme.
 
-Names go through dnspython (``dns.name``: encoding, escapes, compression),
-imported only when a query is made.  The answer section is walked record by
+Names are encoded and decoded as glibc's resolver does (``ns_name_pton``,
+``dn_expand``: escapes, compression, loop checks), here rather than through
+dnspython, whose import alone costs more than the whole start-up budget of a
+delivery; dnspython is what the tests check this code against and what the
+test DNS server is built on.  The answer section is walked record by
 record the way ``dns.c`` walks it (``findip``/``findmx``/``findname``), so a
 broken record late in an answer does not hide the good ones before it, and
 records of other types or owners are skipped, not rejected.
@@ -26,6 +29,7 @@ except ImportError:  # not CPython
     import socket
 
 __all__ = ["SOFT", "HARD", "Resolver", "ip_literal", "ip_text",
+           "name_to_wire", "name_from_wire",
            "lookup_ip", "lookup_mx", "canonicalise", "ipme",
            "system_resolver"]
 
@@ -139,7 +143,7 @@ class Resolver:
 
     def query(self, qname, qtype):
         """Send one query; return HARD, SOFT or the answer's wire bytes."""
-        wire_name = _encode_name(qname)
+        wire_name = name_to_wire(qname)
         if wire_name is None:
             return HARD  # res_mkquery fails: nothing is sent
         import random  # only when a query is made: start-up time
@@ -177,14 +181,113 @@ def _is_address(text):
     return False
 
 
-def _encode_name(qname):
-    """Wire form of a name given as bytes, or None when it cannot be."""
-    import dns.exception
-    import dns.name
-    try:
-        return dns.name.from_text(qname).to_wire()
-    except dns.exception.DNSException:
+_DIGITS = b"0123456789"
+_MAXCDNAME = 255  # longest name in wire form
+# ns_name_ntop: bytes written with a backslash in front.
+_SPECIAL = frozenset(b'".;\\()@$')
+
+
+def name_to_wire(text):
+    """glibc ``ns_name_pton``: a name as given (bytes) in wire form.
+
+    RFC 1035 escapes (``\\.``, ``\\DDD``) are understood; an empty label,
+    a label over 63 bytes or a name over 255 bytes gives None: the query
+    cannot be made (HARD, nothing is sent).  ``""`` and ``"."`` are the
+    root.
+    """
+    wire = bytearray()
+    label = bytearray()
+    pos = 0
+    end = len(text)
+    while pos < end:
+        ch = text[pos]
+        pos += 1
+        if ch == 92:  # '\\'
+            if pos >= end:
+                break  # a final lone backslash is dropped, as in glibc
+            ch = text[pos]
+            pos += 1
+            if ch in _DIGITS:
+                code = text[pos - 1:pos + 2]
+                if len(code) < 3 or not code.isdigit() or int(code) > 255:
+                    return None
+                ch = int(code)
+                pos += 2
+        elif ch == 46:  # '.'
+            if len(label) > 63:
+                return None
+            if pos >= end and (label or not wire):
+                break  # the final dot of an absolute name, or "."
+            if not label or text[pos] == 46:
+                return None  # an empty label
+            wire.append(len(label))
+            wire += label
+            label.clear()
+            continue
+        label.append(ch)
+    if len(label) > 63:
         return None
+    if label:
+        wire.append(len(label))
+        wire += label
+    wire.append(0)
+    return bytes(wire) if len(wire) <= _MAXCDNAME else None
+
+
+def name_from_wire(wire, pos):
+    """glibc ``dn_expand``: (text, bytes used at *pos*) of a packed name.
+
+    Compression pointers are followed anywhere inside the message, with
+    glibc's loop check; the text has no final dot, escapes what
+    ``ns_name_ntop`` escapes, and is ``.`` for the root.  A broken name
+    raises ValueError.
+    """
+    size = len(wire)
+    if pos >= size:
+        raise ValueError("name outside the message")
+    start = pos
+    after_pointer = -1
+    labels = []
+    length = 1  # the name's uncompressed size so far, final zero included
+    checked = 0
+    while True:
+        n = wire[pos]
+        pos += 1
+        if n == 0:
+            break
+        kind = n & 0xC0
+        if kind == 0:
+            if length + n + 1 > _MAXCDNAME or pos + n >= size:
+                raise ValueError("name too long or cut short")
+            labels.append(wire[pos:pos + n])
+            length += n + 1
+            checked += n + 1
+            pos += n
+        elif kind == 0xC0:
+            if pos >= size:
+                raise ValueError("pointer cut short")
+            if after_pointer < 0:
+                after_pointer = pos + 1
+            pos = ((n & 0x3F) << 8) | wire[pos]
+            checked += 2
+            if pos >= size or checked >= size:
+                raise ValueError("bad pointer or compression loop")
+        else:
+            raise ValueError("unknown label type")
+    text = b".".join(_escape(label) for label in labels) or b"."
+    return text, (after_pointer if after_pointer >= 0 else pos) - start
+
+
+def _escape(label):
+    out = bytearray()
+    for ch in label:
+        if ch in _SPECIAL:
+            out += b"\\%c" % ch
+        elif 0x20 < ch < 0x7F:
+            out.append(ch)
+        else:
+            out += b"\\%03d" % ch
+    return bytes(out)
 
 
 def _matches(answer, qid, question):
@@ -250,11 +353,6 @@ class _Answers:
     """Walks the answer section like dns.c's find* routines."""
 
     def __init__(self, wire):
-        import dns.exception
-        import dns.name
-        self._name = dns.name
-        self._errors = (dns.exception.DNSException, IndexError,
-                        struct.error)
         self.wire = wire
         qdcount, self.left = _HEADER.unpack_from(wire)[2:4]
         pos = 12
@@ -265,18 +363,11 @@ class _Answers:
         self.pos = pos
 
     def _skip_name(self, pos):
-        try:
-            return pos + self._name.from_wire(self.wire, pos)[1]
-        except self._errors:
-            raise ValueError("bad name") from None
+        return pos + name_from_wire(self.wire, pos)[1]
 
     def name_at(self, pos):
         """dn_expand's text of the name at *pos*: no final dot, ``.`` root."""
-        try:
-            name = self._name.from_wire(self.wire, pos)[0]
-        except self._errors:
-            raise ValueError("bad name") from None
-        return name.to_text(omit_final_dot=True).encode("ascii")
+        return name_from_wire(self.wire, pos)[0]
 
     def __iter__(self):
         """Yield (type, rdata offset, rdlength); ValueError when broken."""
