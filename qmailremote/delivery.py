@@ -178,9 +178,10 @@ def deliver(host, sender, recipients, message, *, home=None, resolver=None):
 
     *host*, *sender* and *recipients* are bytes (or str, encoded with the
     file system encoding); *message* is bytes, a path, a file descriptor
-    or a binary file, read only after the server accepts DATA.  *home* is the qmail home
-    directory (default ``$QMAILHOME`` or ``/var/qmail``); *resolver* an
-    :class:`qmailremote.mx.Resolver` (default: ``/etc/resolv.conf``).
+    or a binary file, read only after the server accepts DATA.  *home* is
+    the qmail home directory (default ``$QMAILHOME`` or ``/var/qmail``);
+    *resolver* a :class:`qmailremote.Resolver` (default: the name servers
+    of ``/etc/resolv.conf``).
 
     Returns a :class:`Result`; it never raises for a failed delivery.
     """

@@ -148,14 +148,14 @@ class Session:
         self._writer.flush()
         return self._replies.read()
 
-    def _verdict(self, code, digits, letter_perm, prepend, append, smtptext):
+    def _verdict(self, code, digits, prepend, append, smtptext):
         """MAIL, DATA and final replies: D at 5xx, Z at 4xx (and non-digit)."""
         if not digits or 400 <= code < 500:
             raise _Verdict(stage_report("Z", prepend, self._ip, append,
                                         smtptext))
         if code >= 500:
-            raise _Verdict(stage_report(letter_perm, prepend, self._ip,
-                                        append, smtptext))
+            raise _Verdict(stage_report("D", prepend, self._ip, append,
+                                        smtptext))
 
     def _dialogue(self, helohost, sender, recipients, message):
         code, text, digits = self._replies.read()
@@ -167,7 +167,7 @@ class Session:
             raise _Verdict(stage_report("Z", b"Connected to ", self._ip,
                                         b" but my name was rejected", text))
         code, text, digits = self._command(b"MAIL FROM:<", sender, b">\r\n")
-        self._verdict(code, digits, "D", b"Connected to ",
+        self._verdict(code, digits, b"Connected to ",
                       b" but sender was rejected", text)
         for recipient in recipients:
             code, text, digits = self._command(b"RCPT TO:<", recipient,
@@ -179,15 +179,14 @@ class Session:
             raise _Verdict(stage_report("D", b"Giving up on ", self._ip,
                                         b"", b""))
         code, text, digits = self._command(b"DATA\r\n")
-        self._verdict(code, digits, "D", b"", b" failed on DATA command",
-                      text)
+        self._verdict(code, digits, b"", b" failed on DATA command", text)
         report = self._body(message)
         if report is not None:
             return report
         code, text, digits = self._replies.read()
         self.critical = False
-        self._verdict(code, digits, "D", b"",
-                      b" failed after I sent the message", text)
+        self._verdict(code, digits, b"", b" failed after I sent the message",
+                      text)
         raise _Verdict(stage_report("K", b"", self._ip, b" accepted message",
                                     text))
 
