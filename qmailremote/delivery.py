@@ -123,7 +123,7 @@ def _candidates(addresses, me, route, all_aliases):
 
 
 def _run(host, sender, recipients, message, home, resolver):
-    from .mx import ip_text, ipme, system_resolver
+    from .mx import Resolver, ip_text, ipme
     from .session import Session, connect
     from .tcpto import TcpTo
 
@@ -142,12 +142,12 @@ def _run(host, sender, recipients, message, home, resolver):
         except OSError:
             raise Failure(TEMP_OSERR) from None
 
-        resolvers = [resolver]
-
         def resolver_of():
-            if resolvers[0] is None:
-                resolvers[0] = system_resolver()
-            return resolvers[0]
+            # /etc/resolv.conf is read only if a query is needed.
+            nonlocal resolver
+            if resolver is None:
+                resolver = Resolver.from_system()
+            return resolver
 
         if route is None:
             recipients, all_aliases = _canonical_recipients(recipients,

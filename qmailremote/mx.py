@@ -30,8 +30,7 @@ except ImportError:  # not CPython
 
 __all__ = ["SOFT", "HARD", "Resolver", "ip_literal", "ip_text",
            "name_to_wire", "name_from_wire",
-           "lookup_ip", "lookup_mx", "canonicalise", "ipme",
-           "system_resolver"]
+           "lookup_ip", "lookup_mx", "canonicalise", "ipme"]
 
 SOFT = "soft"
 HARD = "hard"
@@ -587,9 +586,3 @@ def ipme():
     finally:
         sock.close()
     return addresses
-
-
-def system_resolver():
-    """The resolver of this host, read when the first query is needed."""
-    return Resolver.from_system()
-
