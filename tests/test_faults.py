@@ -303,7 +303,17 @@ def letters(out):
     return [report[:1] for report in out[:-1].split(b"\0")]
 
 
+# An RST sent the moment the server accepts can reach the client before its
+# connect() has been confirmed: the connection attempt then fails, in
+# netqmail's timeoutconn() (getpeername fails) as here, and the one
+# candidate gives #4.4.1.  Which way it goes depends on scheduling only.
+NOCONN = (b"ZSorry, I wasn't able to establish an SMTP connection. "
+          b"(#4.4.1)\n\0")
+
+
 def check_out(stage, fault, out):
+    if (stage, fault) == ("greeting", "reset") and out == NOCONN:
+        return
     assert out == expected(stage, fault)
     assert (b"K" in letters(out)) == accepted(stage, fault)
 

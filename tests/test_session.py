@@ -190,6 +190,8 @@ def test_reply_printing_drops_cr_and_shows_nul(home):
 
 
 DIED = b"ZConnected to 127.0.0.1 but connection died. (#4.4.2)\n\0"
+NOCONN = (b"ZSorry, I wasn't able to establish an SMTP connection. "
+          b"(#4.4.1)\n\0")
 DUP = (b"ZConnected to 127.0.0.1 but connection died. Possible duplicate! "
        b"(#4.4.2)\n\0")
 
@@ -213,6 +215,8 @@ def test_drops(home, where, expected, fault):
         cut = 12  # after expect_data
     steps = script[:cut] + [close() if fault == "close" else reset()]
     out, _ = run(home, steps, recipients=[b"a@x", b"b@x"])
+    if where == 0 and fault == "reset" and out == NOCONN:
+        return  # the RST beat connect()'s confirmation: netqmail races too
     assert out == expected
 
 
