@@ -66,3 +66,12 @@ def test_fixed_texts_end_in_newline_and_have_codes():
         if isinstance(value, Report):
             assert value.text.endswith(b")\n") and b"(#" in value.text, name
             assert value.letter in "ZD", name
+
+
+@pytest.mark.parametrize("letter, temporary, permanent", [
+    ("r", False, False), ("K", False, False), ("s", True, False),
+    ("Z", True, False), ("h", False, True), ("D", False, True),
+])
+def test_report_kinds(letter, temporary, permanent):
+    r = Report(letter, b"x\n")
+    assert (r.temporary, r.permanent) == (temporary, permanent)
