@@ -19,7 +19,6 @@ _RECORD = 16
 _MAX_BYTES = 1024         # tcpto_buf[1024]: at most 64 records
 _MAX_COUNT = 10
 _RETRY_WINDOW = 120       # a timeout within 2 minutes of the last counts once
-_U64 = (1 << 64) - 1      # datetime_sec is an unsigned long
 
 
 def _count(record):
@@ -80,7 +79,11 @@ class TcpTo:
             if record[:4] == ip:
                 self._was_there = True
                 if _count(record) >= 2:
-                    age = (int(time.time()) - _when(record)) & _U64
+                    # datetime_sec is a signed long: a record dated in the
+                    # future has a negative age, so it is skipped too
+                    # (checked against netqmail 1.06; reference §10.1
+                    # says otherwise).
+                    age = int(time.time()) - _when(record)
                     return age < (60 + (self._pid & 31)) << 6
                 return False
         return False
@@ -126,7 +129,7 @@ class TcpTo:
         else:
             # Replace the record with the smallest last + count * 1024.
             index = min(range(len(records)), key=lambda i: (
-                (_when(records[i]) + (_count(records[i]) << 10)) & _U64, i))
+                _when(records[i]) + (_count(records[i]) << 10), i))
         record = records[index]
         record[:4] = ip
         record[4] = 1
