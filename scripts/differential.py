@@ -44,12 +44,10 @@ error.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import random
 import select
-import shutil
 import signal
 import socket
 import struct
@@ -60,6 +58,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
+
+from diffkit import (ControlBackup, choose_scenarios, scratch_home, short,
+                     sigterm_interrupts, summarise)
 
 REPO = Path(__file__).resolve().parent.parent
 IP = b"127.0.0.1"
@@ -737,29 +738,17 @@ def build_scenarios() -> list[Scenario]:
 # Control files
 
 
-class ControlFiles:
+class ControlFiles(ControlBackup):
+    """The scratch home's control files, written per scenario."""
+
     def __init__(self, home: Path):
-        self.dir = home / "control"
-        self.saved: dict[str, Optional[bytes]] = {}
-
-    def backup(self) -> None:
-        for name in CONTROL_FILES:
-            p = self.dir / name
-            if p.is_symlink() or (p.exists() and not p.is_file()):
-                raise SystemExit(f"differential: {p} is not a regular file; refusing to touch it")
-            self.saved[name] = p.read_bytes() if p.exists() else None
-
-    def _remove(self, p: Path) -> None:
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+        super().__init__(home, CONTROL_FILES, "differential")
 
     def write(self, control: dict, port: int) -> None:
         for name in CONTROL_FILES:
             value = control.get(name, DEFAULT_CONTROL[name])
             p = self.dir / name
-            self._remove(p)
+            self.remove(p)
             if value is None:
                 continue
             if value is DIR:
@@ -769,13 +758,6 @@ class ControlFiles:
                      .replace(b"{P65536}", b"%d" % (port + 65536))
                      .replace(b"{P131072}", b"%d" % (port + 131072)))
             p.write_bytes(value)
-
-    def restore(self) -> None:
-        for name, data in self.saved.items():
-            p = self.dir / name
-            self._remove(p)
-            if data is not None:
-                p.write_bytes(data)
 
 
 # ---------------------------------------------------------------------------
@@ -854,12 +836,6 @@ def classify(sc: Scenario, c: RunResult, p: RunResult) -> str:
     return "MISMATCH"
 
 
-def short(b: bytes, limit: int = 700) -> str:
-    if len(b) <= limit:
-        return repr(b)
-    return f"{b[:limit // 2]!r} ... {b[-limit // 2:]!r}  ({len(b)} bytes)"
-
-
 def first_diff(a: bytes, b: bytes) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -905,39 +881,11 @@ def describe(sc: Scenario, c: RunResult, p: RunResult) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-k", action="append", default=[], metavar="SUBSTRING",
-                    help="only scenarios whose name contains SUBSTRING (repeatable)")
-    ap.add_argument("-v", "--verbose", action="store_true",
-                    help="print details for every scenario, not only mismatches")
-    ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    opts = ap.parse_args(argv)
-
-    scenarios = build_scenarios()
-    if opts.k:
-        scenarios = [s for s in scenarios if any(k in s.name for k in opts.k)]
-    if opts.list:
-        for s in scenarios:
-            print(s.name)
+    chosen = choose_scenarios(__doc__, build_scenarios(), argv)
+    if chosen is None:
         return 0
-
-    c_bin = os.environ.get("QMAILREMOTE_DIFF_C")
-    c_home = os.environ.get("QMAILREMOTE_DIFF_C_HOME")
-    if not c_bin or not c_home:
-        print("differential: set QMAILREMOTE_DIFF_C (the C qmail-remote) and "
-              "QMAILREMOTE_DIFF_C_HOME (its compiled-in home)", file=sys.stderr)
-        return 2
-    home = Path(c_home)
-    if not os.access(c_bin, os.X_OK):
-        print(f"differential: {c_bin} is not executable", file=sys.stderr)
-        return 2
-    if (home / "queue").exists():
-        print(f"differential: {home} contains queue/; refusing to touch what may be a "
-              "live qmail. Use a scratch home.", file=sys.stderr)
-        return 2
-    if not (home / "control").is_dir():
-        print(f"differential: {home}/control is not a directory", file=sys.stderr)
-        return 2
+    opts, scenarios = chosen
+    c_bin, home = scratch_home("differential")
 
     base_env = {k: v for k, v in os.environ.items()
                 if k not in ("QMAILHOME", "QMAILREMOTE_DIFF_C", "QMAILREMOTE_DIFF_C_HOME")}
@@ -952,14 +900,11 @@ def main(argv=None) -> int:
     controls = ControlFiles(home)
     controls.backup()
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt
-    old_term = signal.signal(signal.SIGTERM, on_signal)
-
     results = []
     t_start = time.monotonic()
     try:
-        with tempfile.TemporaryDirectory(prefix="qmr-diff-") as tmpname:
+        with sigterm_interrupts(), \
+                tempfile.TemporaryDirectory(prefix="qmr-diff-") as tmpname:
             tmp = Path(tmpname)
             width = max(len(s.name) for s in scenarios)
             for sc in scenarios:
@@ -982,19 +927,7 @@ def main(argv=None) -> int:
         return 130
     finally:
         controls.restore()
-        signal.signal(signal.SIGTERM, old_term)
-
-    counts: dict[str, int] = {}
-    for _, v, _, _ in results:
-        counts[v] = counts.get(v, 0) + 1
-    mismatches = [(sc, c, p) for sc, v, c, p in results if v == "MISMATCH"]
-    if mismatches and not opts.verbose:
-        print("\n=== MISMATCH details ===")
-        for sc, c, p in mismatches:
-            print(describe(sc, c, p))
-    print(f"\n{len(results)} scenarios in {time.monotonic() - t_start:.1f}s: "
-          + ", ".join(f"{k} {counts[k]}" for k in sorted(counts)))
-    return 1 if mismatches else 0
+    return summarise(results, describe, opts.verbose, t_start)
 
 
 if __name__ == "__main__":

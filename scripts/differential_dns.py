@@ -49,16 +49,17 @@ Exit status: 0 if there was no MISMATCH, 1 otherwise, 2 for a setup error.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import shutil
-import signal
 import struct
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
+
+from diffkit import (ControlBackup, choose_scenarios, scratch_home, short,
+                     sigterm_interrupts, summarise)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -546,28 +547,19 @@ class Run:
     elapsed: float
 
 
-class Home:
+class Home(ControlBackup):
     """The shared home: control files (backed up / restored) and the tcpto file."""
 
     def __init__(self, home: Path):
+        super().__init__(home, CONTROL_FILES, "differential_dns")
         self.home = home
-        self.dir = home / "control"
-        self.saved: dict = {}
         self.made_queue = False
-
-    def backup(self) -> None:
-        for name in CONTROL_FILES:
-            p = self.dir / name
-            if p.is_symlink() or (p.exists() and not p.is_file()):
-                raise SystemExit(f"differential_dns: {p} is not a regular file; refusing")
-            self.saved[name] = p.read_bytes() if p.exists() else None
 
     def write(self, control: dict) -> None:
         for name in CONTROL_FILES:
             value = control.get(name, DEFAULT_CONTROL[name])
             p = self.dir / name
-            if p.exists():
-                p.unlink()
+            self.remove(p)
             if value is not None:
                 p.write_bytes(value)
 
@@ -590,12 +582,7 @@ class Home:
 
     def restore(self) -> None:
         self.clear_tcpto()
-        for name, data in self.saved.items():
-            p = self.dir / name
-            if p.exists():
-                p.unlink()
-            if data is not None:
-                p.write_bytes(data)
+        super().restore()
 
 
 def netns_scenario(sc: Scenario, cmd: list, home: Path) -> dict:
@@ -700,12 +687,6 @@ def classify(sc: Scenario, c: Run, p: Run) -> str:
     return "MISMATCH"
 
 
-def short(b: bytes, limit: int = 600) -> str:
-    if len(b) <= limit:
-        return repr(b)
-    return f"{b[:limit // 2]!r} ... {b[-limit // 2:]!r}  ({len(b)} bytes)"
-
-
 def describe(sc: Scenario, c: Run, p: Run) -> str:
     lines = [f"--- {sc.name}" + (f"  ({sc.why})" if sc.why else ""),
              f"    args: {[sc.host, sc.sender, *sc.rcpts]!r}"]
@@ -752,43 +733,15 @@ def py_command() -> list:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-k", action="append", default=[], metavar="SUBSTRING",
-                    help="only scenarios whose name contains SUBSTRING (repeatable)")
-    ap.add_argument("-v", "--verbose", action="store_true",
-                    help="print details for every scenario, not only mismatches")
-    ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    opts = ap.parse_args(argv)
-
-    scenarios = build_scenarios()
-    if opts.k:
-        scenarios = [s for s in scenarios if any(k in s.name for k in opts.k)]
-    if opts.list:
-        for s in scenarios:
-            print(s.name)
+    chosen = choose_scenarios(__doc__, build_scenarios(), argv)
+    if chosen is None:
         return 0
-
+    opts, scenarios = chosen
     if os.geteuid() != 0:
         print("differential_dns: must run as root (it uses unshare --net --mount)",
               file=sys.stderr)
         return 2
-    c_bin = os.environ.get("QMAILREMOTE_DIFF_C")
-    c_home = os.environ.get("QMAILREMOTE_DIFF_C_HOME")
-    if not c_bin or not c_home:
-        print("differential_dns: set QMAILREMOTE_DIFF_C (the C qmail-remote) and "
-              "QMAILREMOTE_DIFF_C_HOME (its compiled-in home)", file=sys.stderr)
-        return 2
-    if not os.access(c_bin, os.X_OK):
-        print(f"differential_dns: {c_bin} is not executable", file=sys.stderr)
-        return 2
-    home_path = Path(c_home)
-    if (home_path / "queue").exists():
-        print(f"differential_dns: {home_path} contains queue/; refusing to touch what may be "
-              "a live qmail. Use a scratch home.", file=sys.stderr)
-        return 2
-    if not (home_path / "control").is_dir():
-        print(f"differential_dns: {home_path}/control is not a directory", file=sys.stderr)
-        return 2
+    c_bin, home_path = scratch_home("differential_dns")
     from netns import netns_unavailable
 
     reason = netns_unavailable()
@@ -796,61 +749,51 @@ def main(argv=None) -> int:
         print(f"differential_dns: cannot use network namespaces: {reason}", file=sys.stderr)
         return 2
 
-    c_cmd = [os.path.abspath(c_bin)]
+    c_cmd = [c_bin]
     p_cmd = py_command()
     print(f"C : {c_cmd[0]} (home {home_path})\nPy: {' '.join(p_cmd)}\n", flush=True)
 
     home = Home(home_path)
     home.backup()
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt
-    old_term = signal.signal(signal.SIGTERM, on_signal)
-
     results = []
     t_start = time.monotonic()
     try:
-        width = max(len(s.name) for s in scenarios)
-        for sc in scenarios:
-            tcpto = sc.tcpto() if sc.tcpto else None
-            try:
-                c = run_one(sc, c_cmd, home, tcpto)
-                p = run_one(sc, p_cmd, home, tcpto)
-            except RuntimeError as e:
-                print(f"{sc.name:<{width}}  HARNESS-ERROR  {e}", flush=True)
-                results.append((sc, "HARNESS-ERROR", None, None))
-                continue
-            verdict = classify(sc, c, p)
-            results.append((sc, verdict, c, p))
-            flags = []
-            if c.err or p.err:
-                flags.append("stderr")
-            if c.dns_errors or p.dns_errors:
-                flags.append("dns-server-errors")
-            if norm_dns(c.queries) != norm_dns(p.queries):
-                flags.append("dns~")
-            print(f"{sc.name:<{width}}  {verdict:<21}  C {c.elapsed:5.2f}s  Py {p.elapsed:5.2f}s"
-                  + (f"  [{', '.join(flags)}]" if flags else ""), flush=True)
-            if opts.verbose:
-                print(describe(sc, c, p), flush=True)
+        with sigterm_interrupts():
+            run_all(scenarios, c_cmd, p_cmd, home, opts.verbose, results)
     except KeyboardInterrupt:
         print("\ndifferential_dns: interrupted", file=sys.stderr)
         return 130
     finally:
         home.restore()
-        signal.signal(signal.SIGTERM, old_term)
+    return summarise(results, describe, opts.verbose, t_start)
 
-    counts: dict = {}
-    for _, v, _, _ in results:
-        counts[v] = counts.get(v, 0) + 1
-    bad = [(sc, c, p) for sc, v, c, p in results if v == "MISMATCH"]
-    if bad and not opts.verbose:
-        print("\n=== MISMATCH details ===")
-        for sc, c, p in bad:
-            print(describe(sc, c, p))
-    print(f"\n{len(results)} scenarios in {time.monotonic() - t_start:.1f}s: "
-          + ", ".join(f"{k} {counts[k]}" for k in sorted(counts)))
-    return 1 if bad or "HARNESS-ERROR" in counts else 0
+
+def run_all(scenarios, c_cmd, p_cmd, home, verbose, results) -> None:
+    """Run every scenario through both binaries, appending to *results*."""
+    width = max(len(s.name) for s in scenarios)
+    for sc in scenarios:
+        tcpto = sc.tcpto() if sc.tcpto else None
+        try:
+            c = run_one(sc, c_cmd, home, tcpto)
+            p = run_one(sc, p_cmd, home, tcpto)
+        except RuntimeError as e:
+            print(f"{sc.name:<{width}}  HARNESS-ERROR  {e}", flush=True)
+            results.append((sc, "HARNESS-ERROR", None, None))
+            continue
+        verdict = classify(sc, c, p)
+        results.append((sc, verdict, c, p))
+        flags = []
+        if c.err or p.err:
+            flags.append("stderr")
+        if c.dns_errors or p.dns_errors:
+            flags.append("dns-server-errors")
+        if norm_dns(c.queries) != norm_dns(p.queries):
+            flags.append("dns~")
+        print(f"{sc.name:<{width}}  {verdict:<21}  C {c.elapsed:5.2f}s  Py {p.elapsed:5.2f}s"
+              + (f"  [{', '.join(flags)}]" if flags else ""), flush=True)
+        if verbose:
+            print(describe(sc, c, p), flush=True)
 
 
 if __name__ == "__main__":
