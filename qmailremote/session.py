@@ -89,6 +89,14 @@ class _Channel:
         except OSError:
             raise ConnectionDied() from None
 
+    def failed(self):
+        """Whether the connection already has an error (the peer reset)."""
+        try:
+            return bool(self._sock.getsockopt(socket.SOL_SOCKET,
+                                              socket.SO_ERROR))
+        except OSError:
+            return True
+
     def recv(self):
         if not self._usable:
             raise ConnectionDied()
@@ -116,7 +124,7 @@ class Session:
     def __init__(self, sock, ip_text, timeout):
         self._sock = sock
         self._ip = ip_text
-        channel = _Channel(sock, timeout)
+        self._channel = channel = _Channel(sock, timeout)
         self._writer = Writer(channel.send)
         self._replies = ReplyReader(channel.recv)
         self._recipients = []
@@ -197,14 +205,24 @@ class Session:
         """
         writer = self._writer
         writer.begin_body()
+        sent_last = False
         try:
             for chunk in message.chunks():
+                before = writer.sent
                 writer.body(chunk)
+                # netqmail writes each 1024-byte block as soon as it is
+                # full, before it reads on, so those bytes go out now: only
+                # the tail and ".\r\n" are sent inside the critical window.
+                writer.flush_committed()
+                sent_last = writer.sent > before
         except OSError:  # the message, not the socket: that is ConnectionDied
             return TEMP_READ
-        # What netqmail wrote while still reading goes out before the
-        # critical window opens; only the tail and ".\r\n" are inside it.
-        writer.flush_committed()
+        # netqmail would still be writing those last blocks, 1024 bytes a
+        # call, when a reset sent in answer to them arrives, and one of its
+        # writes would fail outside the window.  One large send here can
+        # succeed just before the reset lands, so look before opening it.
+        if sent_last and self._channel.failed():
+            raise ConnectionDied()
         try:
             writer.end_body()
         except PartialLineError:
