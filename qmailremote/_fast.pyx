@@ -14,7 +14,8 @@ from libc.string cimport memchr, memcpy, memmove
 
 from .errors import ConnectionDied, PartialLineError
 
-__all__ = ["Encoder", "Writer", "ReplyReader", "HUGESMTPTEXT", "QMAIL_BLOCK"]
+__all__ = ["Encoder", "Writer", "ReplyReader", "body_counts", "HUGESMTPTEXT",
+           "QMAIL_BLOCK"]
 
 
 cdef enum:
@@ -144,7 +145,43 @@ cdef extern from *:
                 extra += 1 + (i + 1 < n && src[i + 1] == '.');
         return extra;
     }
+    /* LFs, and LFs followed by a dot, in src[0..n), counted apart. */
+    static void qr_body_counts(const unsigned char *src, Py_ssize_t n,
+                               Py_ssize_t *lfs, Py_ssize_t *dots)
+    {
+        Py_ssize_t l = 0, d = 0, i = 0;
+        const __m128i lf = _mm_set1_epi8('\\n'), dot = _mm_set1_epi8('.');
+        for (; i + 17 <= n; i += 16) {
+            __m128i a = _mm_loadu_si128((const __m128i *)(src + i));
+            unsigned m = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(a, lf));
+            if (m) {
+                __m128i b = _mm_loadu_si128((const __m128i *)(src + i + 1));
+                unsigned e = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(b, dot));
+                l += __builtin_popcount(m);
+                d += __builtin_popcount(m & e);
+            }
+        }
+        for (; i < n; i++)
+            if (src[i] == '\\n') {
+                l++;
+                d += (i + 1 < n && src[i + 1] == '.');
+            }
+        *lfs = l;
+        *dots = d;
+    }
     #else
+    static void qr_body_counts(const unsigned char *src, Py_ssize_t n,
+                               Py_ssize_t *lfs, Py_ssize_t *dots)
+    {
+        Py_ssize_t l = 0, d = 0, i;
+        for (i = 0; i < n; i++)
+            if (src[i] == '\\n') {
+                l++;
+                d += (i + 1 < n && src[i + 1] == '.');
+            }
+        *lfs = l;
+        *dots = d;
+    }
     static Py_ssize_t qr_blast_extra(const unsigned char *src, Py_ssize_t n)
     {
         Py_ssize_t extra = 0, i;
@@ -156,6 +193,47 @@ cdef extern from *:
     #endif
     """
     Py_ssize_t qr_blast_extra(const unsigned char *src, Py_ssize_t n) nogil
+    void qr_body_counts(const unsigned char *src, Py_ssize_t n,
+                        Py_ssize_t *lfs, Py_ssize_t *dots) nogil
+
+
+def body_counts(data, bint at_line_start):
+    """``(lfs, dots)`` for one chunk of a message (see ``_fast_py``)."""
+    cdef Py_buffer view
+    cdef Py_ssize_t lfs = 0
+    cdef Py_ssize_t dots = 0
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        with nogil:
+            qr_body_counts(<const unsigned char *>view.buf, view.len,
+                           &lfs, &dots)
+        if view.len and at_line_start and (<const unsigned char *>view.buf)[0] == b'.':
+            dots += 1
+    finally:
+        PyBuffer_Release(&view)
+    return lfs, dots
+
+
+cdef inline Py_ssize_t crlf_copy(const unsigned char *src, Py_ssize_t n,
+                                 unsigned char *dst) noexcept nogil:
+    """Every LF as CRLF, nothing else changed (a BDAT chunk)."""
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t j = 0
+    cdef Py_ssize_t seg
+    cdef const unsigned char *lf
+    while i < n:
+        lf = <const unsigned char *>memchr(src + i, b'\n', <size_t>(n - i))
+        if lf == NULL:
+            memcpy(dst + j, src + i, <size_t>(n - i))
+            return j + n - i
+        seg = lf - (src + i)
+        memcpy(dst + j, src + i, <size_t>seg)
+        j += seg
+        dst[j] = b'\r'
+        dst[j + 1] = b'\n'
+        j += 2
+        i += seg + 1
+    return j
 
 
 cdef inline Py_ssize_t blast_size(bint at_line_start, const unsigned char *src,
@@ -296,6 +374,28 @@ cdef class Writer:
                 done += take
                 if self._len >= self._size:
                     self._flush_committed()
+        finally:
+            PyBuffer_Release(&view)
+
+    def chunk(self, data, bint last):
+        """Buffer one BDAT chunk: its command, then *data* with CRLF lines."""
+        cdef Py_buffer view
+        cdef const unsigned char *src
+        cdef unsigned char *dst
+        cdef Py_ssize_t lfs = 0
+        cdef Py_ssize_t dots = 0
+        cdef bytes header
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            src = <const unsigned char *>view.buf
+            with nogil:
+                qr_body_counts(src, view.len, &lfs, &dots)
+            header = b"BDAT %d%s\r\n" % (view.len + lfs, b" LAST" if last else b"")
+            dst = self._reserve(len(header) + view.len + lfs)
+            memcpy(dst + self._len, PyBytes_AS_STRING(header), <size_t>len(header))
+            self._len += len(header)
+            with nogil:
+                self._len += crlf_copy(src, view.len, dst + self._len)
         finally:
             PyBuffer_Release(&view)
 

@@ -13,6 +13,9 @@
   1024-byte ``smtpto`` buffer would have been flushed, so that a message
   ending in a partial line leaves exactly the bytes on the wire that
   netqmail leaves there (reference section 13).
+* :func:`body_counts` -- what the body adds on the wire (one CR per LF,
+  one dot per line-start dot), counted without encoding: the ESMTP
+  ``SIZE=`` declaration and the BDAT chunk sizes come from it.
 * :class:`ReplyReader` -- netqmail ``smtpcode()``: the code from the first
   line's first three bytes, continuation while the fourth byte is ``-``, CR
   dropped from the stored text, which is capped at 5000 bytes.
@@ -20,7 +23,8 @@
 
 from .errors import ConnectionDied, PartialLineError
 
-__all__ = ["Encoder", "Writer", "ReplyReader", "HUGESMTPTEXT", "QMAIL_BLOCK"]
+__all__ = ["Encoder", "Writer", "ReplyReader", "body_counts", "HUGESMTPTEXT",
+           "QMAIL_BLOCK"]
 
 # qmail-remote.c HUGESMTPTEXT: how much reply text is kept.
 HUGESMTPTEXT = 5000
@@ -66,6 +70,21 @@ def _blast(data, at_line_start):
             pieces.clear()
             rest.release()
     return data.replace(b"\n", b"\r\n"), data[-1] == 10
+
+
+def body_counts(data, at_line_start):
+    """``(lfs, dots)`` for one chunk of a message.
+
+    *lfs* is the number of LFs (each gains a CR on the wire), *dots* the
+    number of dots that start a line (each is doubled in DATA mode; a dot
+    at ``data[0]`` starts a line when *at_line_start*).
+    """
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    dots = data.count(b"\n.")
+    if at_line_start and data[:1] == b".":
+        dots += 1
+    return data.count(b"\n"), dots
 
 
 class Encoder:
@@ -134,6 +153,16 @@ class Writer:
         self._buf += out
         if len(self._buf) >= self._size:
             self.flush_committed()
+
+    def chunk(self, data, last):
+        """Buffer one BDAT chunk: its command, then *data* with CRLF lines.
+
+        RFC 3030 bodies are not dot-stuffed and have no terminator; every
+        LF still becomes CRLF, exactly as in :meth:`body`.  Nothing is sent.
+        """
+        out = bytes(data).replace(b"\n", b"\r\n")
+        self._buf += b"BDAT %d%s\r\n" % (len(out), b" LAST" if last else b"")
+        self._buf += out
 
     def flush_committed(self):
         """Send the body bytes netqmail would already have written."""

@@ -13,23 +13,23 @@ import os
 # type checkers honour a module-level TYPE_CHECKING = False just the same.
 TYPE_CHECKING = False
 
-__all__ = ["Encoder", "Writer", "ReplyReader", "HUGESMTPTEXT", "QMAIL_BLOCK",
+__all__ = ["Encoder", "Writer", "ReplyReader", "body_counts", "HUGESMTPTEXT", "QMAIL_BLOCK",
            "DEFAULT_BUFFER", "COMPILED"]
 
 if TYPE_CHECKING:
     from ._fast_py import (DEFAULT_BUFFER, HUGESMTPTEXT, QMAIL_BLOCK, Encoder,
-                           ReplyReader, Writer)
+                           ReplyReader, Writer, body_counts)
     COMPILED = False
 elif os.environ.get("QMAILREMOTE_NO_EXTENSIONS"):
     from ._fast_py import (DEFAULT_BUFFER, HUGESMTPTEXT, QMAIL_BLOCK, Encoder,
-                           ReplyReader, Writer)
+                           ReplyReader, Writer, body_counts)
     COMPILED = False
 else:
     try:
         from ._fast import (DEFAULT_BUFFER, HUGESMTPTEXT, QMAIL_BLOCK, Encoder,
-                            ReplyReader, Writer)
+                            ReplyReader, Writer, body_counts)
         COMPILED = True
     except ImportError:
         from ._fast_py import (DEFAULT_BUFFER, HUGESMTPTEXT, QMAIL_BLOCK,
-                               Encoder, ReplyReader, Writer)
+                               Encoder, ReplyReader, Writer, body_counts)
         COMPILED = False

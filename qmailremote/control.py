@@ -3,7 +3,9 @@
 netqmail ``chdir``s to its home and reads ``control/me``,
 ``control/timeoutremote``, ``control/timeoutconnect``, ``control/helohost``
 and ``control/smtproutes``, in that order (``getcontrols``; reference
-section 4).  Here the home is opened as a directory descriptor instead of
+section 4).  After them, two files of ours are looked at for their
+existence only: ``control/noesmtp`` (netqmail 1.06's dialogue: HELO, no
+extension) and ``control/nochunking`` (ESMTP without BDAT).  Here the home is opened as a directory descriptor instead of
 being made the working directory, so that the :func:`qmailremote.deliver`
 API leaves the caller's process alone; every path is still resolved
 relative to the home, as netqmail's are.
@@ -25,15 +27,20 @@ _READ = 65536
 class Controls:
     """What the control files say."""
 
-    __slots__ = ("helohost", "timeoutremote", "timeoutconnect", "routes")
+    __slots__ = ("helohost", "timeoutremote", "timeoutconnect", "routes",
+                 "esmtp", "chunking")
 
     def __init__(self, helohost, timeoutremote=1200, timeoutconnect=60,
-                 routes=()):
+                 routes=(), esmtp=True, chunking=True):
         self.helohost = helohost
         self.timeoutremote = timeoutremote
         self.timeoutconnect = timeoutconnect
         # smtproutes entries, ``key:value`` byte strings in file order.
         self.routes = list(routes)
+        # False under control/noesmtp: netqmail 1.06's dialogue.
+        self.esmtp = esmtp
+        # False under control/nochunking: DATA even where BDAT is offered.
+        self.chunking = chunking
 
 
 def open_home(home=None):
@@ -121,6 +128,17 @@ def _read(home_fd, name, whole):
     return data
 
 
+def _exists(home_fd, name):
+    """Whether control/<name> exists (any type, any content)."""
+    try:
+        os.stat("control/" + name, dir_fd=home_fd)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        raise Failure(TEMP_CONTROL) from None
+    return True
+
+
 def _first_line(home_fd, name):
     data = _read(home_fd, name, whole=False)
     if data is None:
@@ -144,4 +162,6 @@ def read_controls(home_fd):
         timeoutremote=parse_int(timeoutremote, 1200),
         timeoutconnect=parse_int(timeoutconnect, 60),
         routes=route_entries(routes) if routes else (),
+        esmtp=not _exists(home_fd, "noesmtp"),
+        chunking=not _exists(home_fd, "nochunking"),
     )

@@ -124,7 +124,7 @@ def _candidates(addresses, me, route, all_aliases):
 
 def _run(host, sender, recipients, message, home, resolver):
     from .mx import Resolver, ip_text, ipme
-    from .session import Session, connect
+    from .session import Session, classic, connect
     from .tcpto import TcpTo
 
     if not recipients:
@@ -166,8 +166,12 @@ def _run(host, sender, recipients, message, home, resolver):
                 continue
             tcpto.update(ip, False)
             session = Session(sock, ip_text(ip), controls.timeoutremote)
-            return session.run(controls.helohost, sender, recipients,
-                               message)
+            if not controls.esmtp:
+                return session.run(classic, controls.helohost, sender,
+                                   recipients, message)
+            from .esmtp import dialogue
+            return session.run(dialogue, controls.helohost, sender,
+                               recipients, message, controls.chunking)
         raise Failure(TEMP_NOCONN)
     finally:
         os.close(home_fd)

@@ -10,13 +10,22 @@ pages go to the encoder straight from the page cache, without a copy into
 a read buffer; the windows keep resident memory bounded whatever the
 message size.  Anything else is read in large chunks into one reused
 buffer.
+
+ESMTP needs to know a few things about the message before ``MAIL``: its
+size on the wire (``SIZE=``, BDAT), whether it ends in a partial line, and
+whether a ``Received: ... with UTF8...`` header asks for SMTPUTF8.
+:meth:`Message.survey` finds them without reading the source for sending
+(``pread`` and fresh mappings leave a descriptor's offset alone); a source
+that cannot be read twice (a pipe, a file object) has no survey.
 """
 
 import mmap
 import os
 import stat
 
-__all__ = ["Message", "CHUNK"]
+from ._kernel import body_counts
+
+__all__ = ["Message", "Survey", "CHUNK"]
 
 # Bytes handed to the encoder at a time.
 CHUNK = 1 << 20
@@ -24,6 +33,64 @@ CHUNK = 1 << 20
 _WINDOW = 8 << 20
 # Below this, one read costs less than setting up a mapping.
 _MAP_MIN = 1 << 20
+# How much of the message start is looked at for the header block.
+_HEAD = 64 << 10
+# From this size on, the survey counts the two halves on two threads (the
+# counting releases the GIL): it is bound by memory bandwidth, not a core.
+_SPLIT_MIN = 8 << 20
+
+
+class Survey:
+    """What ESMTP must know before ``MAIL``, found without sending.
+
+    ``size`` is the message's length in bytes, ``lfs`` its LFs (each gains
+    a CR on the wire), ``dots`` its line-start dots (doubled in DATA mode),
+    ``complete`` whether it ends at a line boundary (an empty message does),
+    ``utf8_header`` whether its header block has a ``Received:`` field
+    saying ``with UTF8``: the other half of the SMTPUTF8 rule of the
+    patched qmails.
+    """
+
+    __slots__ = ("size", "lfs", "dots", "complete", "utf8_header")
+
+    def __init__(self, size, lfs, dots, complete, utf8_header):
+        self.size = size
+        self.lfs = lfs
+        self.dots = dots
+        self.complete = complete
+        self.utf8_header = utf8_header
+
+    @property
+    def data_size(self):
+        """Bytes the body takes on the wire in DATA mode, without ``.``."""
+        return self.size + self.lfs + self.dots
+
+    @property
+    def bdat_size(self):
+        """Bytes the body takes on the wire in BDAT chunks (no stuffing)."""
+        return self.size + self.lfs
+
+
+def utf8_header(head):
+    """Whether a header block asks for SMTPUTF8 (``Received: ... with UTF8``).
+
+    *head* is the start of the message; the header block ends at its first
+    empty line.  Continuation lines belong to the field before them.
+    """
+    end = head.find(b"\n\n")
+    if head.startswith(b"\n"):
+        return False
+    if end >= 0:
+        head = head[:end + 1]
+    field = b""
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):
+            field += line
+            continue
+        if field[:9].lower() == b"received:" and b"with utf8" in field.lower():
+            return True
+        field = line
+    return field[:9].lower() == b"received:" and b"with utf8" in field.lower()
 
 
 class Message:
@@ -50,6 +117,33 @@ class Message:
             yield from _fd_chunks(self._opened)
         else:
             yield from _file_chunks(source)
+
+    def survey(self, count=True):
+        """A :class:`Survey` of the message, or None when it has none.
+
+        Bytes and regular files (a path, or a descriptor from its current
+        offset) are surveyed; a read error means no survey, and the real
+        read after ``DATA`` then reports it as netqmail does.  Without
+        *count* only the header block is read (``lfs`` and ``dots`` are
+        then None): counting is a pass over the whole message.
+        """
+        source = self._source
+        try:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                with memoryview(source) as view, view.cast("B") as flat:
+                    return _survey_memory(flat, count)
+            if isinstance(source, int):
+                return _survey_fd(source, os.lseek(source, 0, os.SEEK_CUR),
+                                  count)
+            if isinstance(source, (str, os.PathLike)):
+                fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    return _survey_fd(fd, 0, count)
+                finally:
+                    os.close(fd)
+        except (OSError, ValueError, OverflowError):
+            pass
+        return None
 
     def close(self):
         if self._opened is not None:
@@ -122,3 +216,70 @@ def _mapped_chunks(fd, offset, size):
             mapped.close()
         start += length
         skip = 0
+
+
+def _survey_memory(view, count):
+    lfs, dots = body_counts(view, True) if count else (None, None)
+    complete = not view or view[-1] == 10
+    return Survey(len(view), lfs, dots, complete,
+                  utf8_header(view[:_HEAD].tobytes()))
+
+
+def _count_range(fd, start, end, at_line_start, out):
+    """Count LFs and line-start dots in bytes start..end of *fd*."""
+    lfs = dots = 0
+    for chunk in _mapped_chunks(fd, start, end):
+        a, b = body_counts(chunk, at_line_start)
+        lfs += a
+        dots += b
+        at_line_start = chunk[-1] == 10
+    out.append((lfs, dots))
+
+
+def _survey_fd(fd, offset, count):
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    size = info.st_size - offset
+    if size <= 0:
+        return Survey(0, 0, 0, True, False)
+    head = os.pread(fd, min(size, _HEAD), offset)
+    last = os.pread(fd, 1, offset + size - 1)
+    if not count:
+        return Survey(size, None, None, last == b"\n", utf8_header(head))
+    if size < _MAP_MIN:
+        data = head if size <= _HEAD else os.pread(fd, size, offset)
+        if len(data) != size:
+            return None
+        return _survey_memory(memoryview(data), True)
+    if size < _SPLIT_MIN:
+        counts = []
+        _count_range(fd, offset, offset + size, True, counts)
+    else:
+        # Two halves, the second on its own thread; _thread, not threading:
+        # this runs in every large delivery's start-up.
+        import _thread
+        middle = offset + size // 2
+        before = os.pread(fd, 1, middle - 1) == b"\n"
+        counts = []
+        done = _thread.allocate_lock()
+        done.acquire()
+
+        def second_half():
+            try:
+                _count_range(fd, middle, offset + size, before, counts)
+            except BaseException:
+                pass
+            finally:
+                done.release()
+
+        _thread.start_new_thread(second_half, ())
+        try:
+            _count_range(fd, offset, middle, True, counts)
+        finally:
+            done.acquire()
+        if len(counts) != 2:
+            return None
+    lfs = sum(c[0] for c in counts)
+    dots = sum(c[1] for c in counts)
+    return Survey(size, lfs, dots, last == b"\n", utf8_header(head))

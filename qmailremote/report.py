@@ -13,7 +13,7 @@ __all__ = [
     "TEMP_NOMEM", "TEMP_OSERR", "TEMP_NOCONN", "TEMP_READ", "TEMP_DNSCANON",
     "TEMP_DNS", "TEMP_CHDIR", "TEMP_CONTROL", "PERM_PARTIALLINE",
     "PERM_USAGE", "PERM_NOMX", "PERM_AMBIGMX", "PERM_CRLF", "perm_dns",
-    "internal_error",
+    "perm_size", "perm_smtputf8", "internal_error",
 ]
 
 
@@ -137,6 +137,20 @@ def internal_error(critical):
 def perm_dns(host):
     return Report("D", b"Sorry, I couldn't find any host named " +
                   outsafe(host) + b". (#5.1.2)\n")
+
+
+# ESMTP (not netqmail 1.06 texts; in its style, with enhanced status codes).
+def perm_size(ip, size, limit):
+    """SIZE: the message is over the limit the server advertised."""
+    return Report("D", b"Connected to %s but the message is %d bytes, over "
+                       b"the server's SIZE limit of %d. (#5.3.4)\n"
+                  % (ip, size, limit))
+
+
+def perm_smtputf8(ip):
+    """SMTPUTF8 is needed and not offered (sagredo's text, with a code)."""
+    return Report("D", b"Connected to " + ip + b" but server does not "
+                       b"support unicode in email addresses. (#5.6.7)\n")
 
 
 TEMP_NOMEM = Report("Z", b"Out of memory. (#4.3.0)\n")

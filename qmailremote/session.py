@@ -2,7 +2,9 @@
 
 Mirrors netqmail 1.06 ``timeoutconn`` and ``smtp()`` (reference sections
 10-14): HELO, MAIL FROM, lock-step RCPT TO, DATA, the body through the
-kernel, the final reply, then ``QUIT`` written and never awaited.
+kernel, the final reply, then ``QUIT`` written and never awaited.  That
+dialogue is :func:`classic` (the ``control/noesmtp`` profile); the ESMTP
+one (``esmtp.py``) is built from the same :class:`Session` stages.
 ``timeoutremote`` bounds every single read and write on the socket, not a
 whole reply.  Deviations 2 (a reply code that is not three digits is a
 temporary failure) and 3 (a failed QUIT leaves the verdict alone) apply.
@@ -24,7 +26,7 @@ from .report import (PERM_PARTIALLINE, TEMP_NOMEM, TEMP_OSERR, TEMP_READ,
                      Failure, Result, dropped, internal_error, recipient_report,
                      stage_report)
 
-__all__ = ["connect", "Session"]
+__all__ = ["connect", "Session", "classic"]
 # How much of a reply is asked for per read (smtpfrom's buffer is 128
 # bytes; replies are parsed byte-exactly whatever this is).
 _REPLY_READ = 1 << 16
@@ -115,95 +117,123 @@ class _Verdict(Exception):
 
 
 class Session:
-    """One SMTP conversation with the server at *ip* (4 bytes).
+    """One SMTP conversation with the server at *ip_text*.
 
-    ``run()`` never raises for anything the peer or the message does; it
-    returns the :class:`Result`.
+    The stages every dialogue shares live here: commands and replies, the
+    verdicts of netqmail's ``quit()``, the DATA body, the critical window,
+    ``QUIT``.  :meth:`run` drives a dialogue (:func:`classic`, or
+    :func:`qmailremote.esmtp.dialogue`) and never raises for anything the
+    peer or the message does; it returns the :class:`Result`.
     """
 
     def __init__(self, sock, ip_text, timeout):
         self._sock = sock
-        self._ip = ip_text
-        self._channel = channel = _Channel(sock, timeout)
-        self._writer = Writer(channel.send)
+        self.ip = ip_text
+        self.channel = channel = _Channel(sock, timeout)
+        self.writer = Writer(channel.send)
         self._replies = ReplyReader(channel.recv)
-        self._recipients = []
+        self.recipients = []
         self.critical = False
 
-    def run(self, helohost, sender, recipients, message):
+    def run(self, dialogue, *args):
+        """``dialogue(self, *args)``: returns a report or raises a verdict."""
         try:
             try:
-                report = self._dialogue(helohost, sender, recipients,
-                                        message)
+                report = dialogue(self, *args)
             except _Verdict as verdict:
                 report = verdict.report
-                self._quit()
+                self.quit()
             except ConnectionDied:
-                report = dropped(self._ip, self.critical)
+                report = dropped(self.ip, self.critical)
             except MemoryError:
-                raise Failure(TEMP_NOMEM, self._recipients) from None
+                raise Failure(TEMP_NOMEM, self.recipients) from None
             except Exception:
                 # A bug must not lose the recipient reports or the warning.
                 raise Failure(internal_error(self.critical),
-                              self._recipients) from None
+                              self.recipients) from None
         finally:
             self._sock.close()
-        return Result(self._recipients, report)
+        return Result(self.recipients, report)
 
-    def _command(self, *parts):
+    # -- commands and replies -------------------------------------------
+
+    def write(self, *parts):
+        """Buffer a command; nothing is sent until :meth:`flush`."""
         for part in parts:
-            self._writer.write(part)
-        self._writer.flush()
+            self.writer.write(part)
+
+    def flush(self):
+        self.writer.flush()
+
+    def read(self):
+        """The next reply: ``(code, text, digits)``."""
         return self._replies.read()
 
-    def _verdict(self, code, digits, prepend, append, smtptext):
+    def command(self, *parts):
+        self.write(*parts)
+        self.flush()
+        return self.read()
+
+    # -- verdicts ---------------------------------------------------------
+
+    def stop(self, report):
+        """End the dialogue with *report*: ``QUIT`` is written, not read."""
+        raise _Verdict(report)
+
+    def verdict(self, reply, prepend, append):
         """MAIL, DATA and final replies: D at 5xx, Z at 4xx (and non-digit)."""
+        code, text, digits = reply
         if not digits or 400 <= code < 500:
-            raise _Verdict(stage_report("Z", prepend, self._ip, append,
-                                        smtptext))
+            self.stop(stage_report("Z", prepend, self.ip, append, text))
         if code >= 500:
-            raise _Verdict(stage_report("D", prepend, self._ip, append,
-                                        smtptext))
+            self.stop(stage_report("D", prepend, self.ip, append, text))
 
-    def _dialogue(self, helohost, sender, recipients, message):
-        code, text, digits = self._replies.read()
+    def greeting(self):
+        code, text, digits = self.read()
         if code != 220 or not digits:
-            raise _Verdict(stage_report("Z", b"Connected to ", self._ip,
-                                        b" but greeting failed", text))
-        code, text, digits = self._command(b"HELO ", helohost, b"\r\n")
-        if code != 250 or not digits:
-            raise _Verdict(stage_report("Z", b"Connected to ", self._ip,
-                                        b" but my name was rejected", text))
-        code, text, digits = self._command(b"MAIL FROM:<", sender, b">\r\n")
-        self._verdict(code, digits, b"Connected to ",
-                      b" but sender was rejected", text)
-        for recipient in recipients:
-            code, text, digits = self._command(b"RCPT TO:<", recipient,
-                                               b">\r\n")
-            self._recipients.append(recipient_report(code, digits, self._ip,
-                                                     text))
-        if not any(r.letter == "r" for r in self._recipients):
-            # The recipient reports already said what the server said.
-            raise _Verdict(stage_report("D", b"Giving up on ", self._ip,
-                                        b"", b""))
-        code, text, digits = self._command(b"DATA\r\n")
-        self._verdict(code, digits, b"", b" failed on DATA command", text)
-        report = self._body(message)
-        if report is not None:
-            return report
-        code, text, digits = self._replies.read()
-        self.critical = False
-        self._verdict(code, digits, b"", b" failed after I sent the message",
-                      text)
-        raise _Verdict(stage_report("K", b"", self._ip, b" accepted message",
-                                    text))
+            self.stop(stage_report("Z", b"Connected to ", self.ip,
+                                   b" but greeting failed", text))
 
-    def _body(self, message):
+    def helo(self, helohost):
+        code, text, digits = self.command(b"HELO ", helohost, b"\r\n")
+        if code != 250 or not digits:
+            self.stop(stage_report("Z", b"Connected to ", self.ip,
+                                   b" but my name was rejected", text))
+
+    def mail_reply(self, reply):
+        self.verdict(reply, b"Connected to ", b" but sender was rejected")
+
+    def rcpt_reply(self, reply):
+        code, text, digits = reply
+        self.recipients.append(recipient_report(code, digits, self.ip, text))
+
+    @property
+    def accepted_any(self):
+        """Whether some recipient was accepted (an ``r`` report)."""
+        return any(r.letter == "r" for r in self.recipients)
+
+    def give_up(self):
+        # The recipient reports already said what the server said.
+        self.stop(stage_report("D", b"Giving up on ", self.ip, b"", b""))
+
+    def data_reply(self, reply):
+        self.verdict(reply, b"", b" failed on DATA command")
+
+    def final_reply(self, reply):
+        """The reply to the end of the message: the critical window closes."""
+        self.critical = False
+        self.verdict(reply, b"", b" failed after I sent the message")
+        self.stop(stage_report("K", b"", self.ip, b" accepted message",
+                               reply[1]))
+
+    # -- the body ---------------------------------------------------------
+
+    def data_body(self, message):
         """blast(): the message through the kernel, then ``.\\r\\n``.
 
         Returns a report when the body cannot be sent (no QUIT follows).
         """
-        writer = self._writer
+        writer = self.writer
         writer.begin_body()
         sent_last = False
         try:
@@ -221,7 +251,7 @@ class Session:
         # call, when a reset sent in answer to them arrives, and one of its
         # writes would fail outside the window.  One large send here can
         # succeed just before the reset lands, so look before opening it.
-        if sent_last and self._channel.failed():
+        if sent_last and self.channel.failed():
             raise ConnectionDied()
         try:
             writer.end_body()
@@ -231,10 +261,27 @@ class Session:
         writer.flush()
         return None
 
-    def _quit(self):
+    def quit(self):
         """Write QUIT, never read its reply; a failure changes nothing."""
         try:
-            self._writer.write(b"QUIT\r\n")
-            self._writer.flush()
+            self.writer.write(b"QUIT\r\n")
+            self.writer.flush()
         except ConnectionDied:
             pass
+
+
+def classic(session, helohost, sender, recipients, message):
+    """netqmail 1.06's ``smtp()``: HELO and lock-step commands."""
+    session.greeting()
+    session.helo(helohost)
+    session.mail_reply(session.command(b"MAIL FROM:<", sender, b">\r\n"))
+    for recipient in recipients:
+        session.rcpt_reply(session.command(b"RCPT TO:<", recipient,
+                                           b">\r\n"))
+    if not session.accepted_any:
+        session.give_up()
+    session.data_reply(session.command(b"DATA\r\n"))
+    report = session.data_body(message)
+    if report is not None:
+        return report
+    session.final_reply(session.read())

@@ -84,6 +84,9 @@ def make_home(tmp_path, *, tcpto: bytes | None = None, **control: bytes) -> str:
     home = tmp_path / "qmail"
     (home / "control").mkdir(parents=True)
     (home / "control" / "me").write_bytes(ME + b"\n")
+    # netqmail 1.06's dialogue unless a test names another profile.
+    if "noesmtp" not in control and not control.pop("esmtp", None):
+        (home / "control" / "noesmtp").write_bytes(b"")
     for name, content in control.items():
         (home / "control" / name).write_bytes(content)
     if tcpto is not None:

@@ -47,6 +47,8 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(qmailremote.__file__))
 def home(tmp_path):
     (tmp_path / "control").mkdir()
     (tmp_path / "control" / "me").write_bytes(b"me.example\n")
+    # netqmail 1.06's dialogue: these tests pin its bytes.
+    (tmp_path / "control" / "noesmtp").write_bytes(b"")
     return tmp_path
 
 

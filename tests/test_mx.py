@@ -662,6 +662,7 @@ def home(tmp_path):
     control = tmp_path / "control"
     control.mkdir()
     (control / "me").write_bytes(b"me.example\n")
+    (control / "noesmtp").write_bytes(b"")  # 1.06 bytes are pinned
     (control / "timeoutconnect").write_bytes(b"2\n")
     (control / "timeoutremote").write_bytes(b"2\n")
     return tmp_path
