@@ -64,7 +64,10 @@ from diffkit import (ControlBackup, choose_scenarios, scratch_home, short,
 
 REPO = Path(__file__).resolve().parent.parent
 IP = b"127.0.0.1"
-CONTROL_FILES = ("me", "helohost", "timeoutremote", "timeoutconnect", "smtproutes")
+# noesmtp: both programs speak netqmail 1.06's dialogue (qmailremote's
+# default is ESMTP; the C binary ignores the file).
+CONTROL_FILES = ("me", "helohost", "timeoutremote", "timeoutconnect", "smtproutes",
+                 "noesmtp")
 
 #: How long a client may run before it is killed (seconds).
 CLIENT_TIMEOUT = 40.0
@@ -374,6 +377,7 @@ OK = b"250 ok\r\n"
 DIR = object()  # control "file" that is a directory
 
 DEFAULT_CONTROL = {
+    "noesmtp": b"",
     "me": b"me.example\n",
     "helohost": b"hh.example\n",
     "timeoutremote": b"10\n",

@@ -64,9 +64,13 @@ from diffkit import (ControlBackup, choose_scenarios, scratch_home, short,
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-CONTROL_FILES = ("me", "helohost", "smtproutes", "timeoutconnect", "timeoutremote")
+# noesmtp: both programs speak netqmail 1.06's dialogue (qmailremote's
+# default is ESMTP; the C binary ignores the file).
+CONTROL_FILES = ("me", "helohost", "smtproutes", "timeoutconnect", "timeoutremote",
+                 "noesmtp")
 DEFAULT_CONTROL = {"me": b"me.example\n", "helohost": None, "smtproutes": None,
-                   "timeoutconnect": b"5\n", "timeoutremote": b"10\n"}
+                   "timeoutconnect": b"5\n", "timeoutremote": b"10\n",
+                   "noesmtp": b""}
 ME = b"me.example"
 SENDER = "a@b.example"
 MESSAGE = b"Subject: t\n\n.hi\nbody\n"
