@@ -132,6 +132,10 @@ def _run(host, sender, recipients, message, home, resolver):
     home_fd = open_home(home)
     try:
         controls = read_controls(home_fd)
+        if controls.esmtp:
+            # SIZE= needs a pass over the message: it runs beside DNS, the
+            # connection and EHLO (nothing is read from a pipe here).
+            message.count_ahead()
         route = find_route(build_table(controls.routes), host)
         # Deviation 4: an address with CR or LF would inject commands.
         if any(b"\r" in a or b"\n" in a for a in (sender, *recipients)):

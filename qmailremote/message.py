@@ -35,9 +35,6 @@ _WINDOW = 8 << 20
 _MAP_MIN = 1 << 20
 # How much of the message start is looked at for the header block.
 _HEAD = 64 << 10
-# From this size on, the survey counts the two halves on two threads (the
-# counting releases the GIL): it is bound by memory bandwidth, not a core.
-_SPLIT_MIN = 8 << 20
 
 
 class Survey:
@@ -105,6 +102,39 @@ class Message:
     def __init__(self, source):
         self._source = source
         self._opened = None
+        self._counting = None
+
+    def _surveyed_fd(self):
+        """A descriptor of the message for surveying (the caller closes it)."""
+        source = self._source
+        if isinstance(source, int):
+            return os.dup(source)
+        if isinstance(source, (str, os.PathLike)):
+            return os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        return None
+
+    def count_ahead(self):
+        """Start counting a large regular file's lines on another thread.
+
+        The pass :meth:`survey` needs for ``SIZE=`` then overlaps the
+        connection and the first round trips instead of adding to them.
+        """
+        try:
+            fd = self._surveyed_fd()
+        except (OSError, ValueError, OverflowError):
+            return
+        if fd is None:
+            return
+        try:
+            span = _regular(fd)
+            if span is not None and span[1] >= _MAP_MIN:
+                self._counting = _Counting(fd, *span)
+                fd = None
+        except OSError:
+            pass
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def chunks(self):
         source = self._source
@@ -132,13 +162,10 @@ class Message:
             if isinstance(source, (bytes, bytearray, memoryview)):
                 with memoryview(source) as view, view.cast("B") as flat:
                     return _survey_memory(flat, count)
-            if isinstance(source, int):
-                return _survey_fd(source, os.lseek(source, 0, os.SEEK_CUR),
-                                  count)
-            if isinstance(source, (str, os.PathLike)):
-                fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            fd = self._surveyed_fd()
+            if fd is not None:
                 try:
-                    return _survey_fd(fd, 0, count)
+                    return _survey_fd(fd, count, self._counting)
                 finally:
                     os.close(fd)
         except (OSError, ValueError, OverflowError):
@@ -146,6 +173,9 @@ class Message:
         return None
 
     def close(self):
+        if self._counting is not None:
+            self._counting.cancelled = True
+            self._counting = None
         if self._opened is not None:
             os.close(self._opened)
             self._opened = None
@@ -225,61 +255,78 @@ def _survey_memory(view, count):
                   utf8_header(view[:_HEAD].tobytes()))
 
 
-def _count_range(fd, start, end, at_line_start, out):
-    """Count LFs and line-start dots in bytes start..end of *fd*."""
+def _count(fd, offset, size, cancelled=None):
+    """``(lfs, dots)`` of bytes offset..offset+size of *fd*, or None."""
     lfs = dots = 0
-    for chunk in _mapped_chunks(fd, start, end):
+    at_line_start = True
+    for chunk in _mapped_chunks(fd, offset, offset + size):
+        if cancelled is not None and cancelled():
+            return None
         a, b = body_counts(chunk, at_line_start)
         lfs += a
         dots += b
         at_line_start = chunk[-1] == 10
-    out.append((lfs, dots))
+    return lfs, dots
 
 
-def _survey_fd(fd, offset, count):
+class _Counting:
+    """:func:`_count` on its own thread, over its own descriptor.
+
+    The count releases the GIL, so it runs beside the connection, the
+    greeting and EHLO.  ``_thread``, not ``threading``: this is start-up.
+    """
+
+    def __init__(self, fd, offset, size):
+        import _thread
+        self.span = (offset, size)
+        self.counts = None
+        self.cancelled = False
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+        _thread.start_new_thread(self._run, (fd,))
+
+    def _run(self, fd):
+        try:
+            self.counts = _count(fd, *self.span, lambda: self.cancelled)
+        except BaseException:  # no count: the survey says so, SIZE is left out
+            pass
+        finally:
+            os.close(fd)
+            self._done.release()
+
+    def result(self):
+        with self._done:
+            return self.counts
+
+
+def _regular(fd):
+    """``(offset, size)`` still to read of a regular file; None otherwise."""
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         return None
-    size = info.st_size - offset
-    if size <= 0:
+    offset = os.lseek(fd, 0, os.SEEK_CUR)
+    return offset, max(info.st_size - offset, 0)
+
+
+def _survey_fd(fd, count, counting):
+    span = _regular(fd)
+    if span is None:
+        return None
+    offset, size = span
+    if not size:
         return Survey(0, 0, 0, True, False)
     head = os.pread(fd, min(size, _HEAD), offset)
-    last = os.pread(fd, 1, offset + size - 1)
+    complete = os.pread(fd, 1, offset + size - 1) == b"\n"
     if not count:
-        return Survey(size, None, None, last == b"\n", utf8_header(head))
+        return Survey(size, None, None, complete, utf8_header(head))
     if size < _MAP_MIN:
         data = head if size <= _HEAD else os.pread(fd, size, offset)
-        if len(data) != size:
-            return None
-        return _survey_memory(memoryview(data), True)
-    if size < _SPLIT_MIN:
-        counts = []
-        _count_range(fd, offset, offset + size, True, counts)
+        return _survey_memory(memoryview(data), True) \
+            if len(data) == size else None
+    if counting is not None and counting.span == span:
+        counts = counting.result()
     else:
-        # Two halves, the second on its own thread; _thread, not threading:
-        # this runs in every large delivery's start-up.
-        import _thread
-        middle = offset + size // 2
-        before = os.pread(fd, 1, middle - 1) == b"\n"
-        counts = []
-        done = _thread.allocate_lock()
-        done.acquire()
-
-        def second_half():
-            try:
-                _count_range(fd, middle, offset + size, before, counts)
-            except BaseException:
-                pass
-            finally:
-                done.release()
-
-        _thread.start_new_thread(second_half, ())
-        try:
-            _count_range(fd, offset, middle, True, counts)
-        finally:
-            done.acquire()
-        if len(counts) != 2:
-            return None
-    lfs = sum(c[0] for c in counts)
-    dots = sum(c[1] for c in counts)
-    return Survey(size, lfs, dots, last == b"\n", utf8_header(head))
+        counts = _count(fd, offset, size)
+    if counts is None:
+        return None
+    return Survey(size, counts[0], counts[1], complete, utf8_header(head))
