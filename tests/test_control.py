@@ -129,3 +129,37 @@ def test_empty_qmailhome_means_default(monkeypatch):
     else:
         with pytest.raises(Failure):
             control.open_home()
+
+
+def test_profiles_default_to_esmtp_with_chunking(home):
+    c = read(home)
+    assert (c.esmtp, c.chunking) == (True, True)
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: p.write_bytes(b""),
+    lambda p: p.write_bytes(b"0\n"),        # any content: existence counts
+    lambda p: p.mkdir(),
+    lambda p: p.symlink_to("nowhere"),      # a dangling link does not exist
+])
+def test_noesmtp_and_nochunking_by_existence(home, make):
+    for name in ("noesmtp", "nochunking"):
+        make(home / "control" / name)
+    exists = (home / "control" / "noesmtp").exists()
+    c = read(home)
+    assert (c.esmtp, c.chunking) == (not exists, not exists)
+
+
+def test_nochunking_alone_keeps_esmtp(home):
+    write(home, "nochunking", b"")
+    c = read(home)
+    assert (c.esmtp, c.chunking) == (True, False)
+
+
+def test_profile_file_that_cannot_be_looked_at_is_fatal(home):
+    # Not ENOENT (here ELOOP): as with the other control files, a temporary
+    # failure, never a guess at the profile.
+    (home / "control" / "noesmtp").symlink_to("noesmtp")
+    with pytest.raises(Failure) as failure:
+        read(home)
+    assert failure.value.report == TEMP_CONTROL
