@@ -178,9 +178,12 @@ def qmail_remote_command():
     return found
 
 
-def write_home(home, port):
+def write_home(home, port, flags=()):
+    """control/me and a default route to *port*; *flags*: empty files."""
     control = os.path.join(home, "control")
     os.makedirs(control, exist_ok=True)
+    for name in flags:
+        open(os.path.join(control, name), "w").close()
     with open(os.path.join(control, "me"), "w") as f:
         f.write(HELO + "\n")
     with open(os.path.join(control, "smtproutes"), "w") as f:
@@ -400,8 +403,9 @@ def k_report(stdout):
 
 class Sender:
     def __init__(self, name, argv, env, stdin=False, qmail=False,
-                 expect=None, memory_factor=0):
+                 expect=None, memory_factor=0, sink=None):
         self.name = name
+        self.sink = sink            # its own sink (profiles); None: shared
         self.argv = argv            # list; "{raw}", "{enc}", "{port}" filled
         self.env = env
         self.stdin = stdin          # the raw message file as stdin
@@ -482,6 +486,44 @@ def make_senders(names, home, notes):
     return senders
 
 
+# The --profiles senders: the installed qmail-remote, each with a home of its
+# own (the control files below) and a sink of its own (offering the
+# extensions below).  Name -> (control files, Sink options).
+FULL = {"size": 0, "pipelining": True, "chunking": True}
+NOSIZE = {"pipelining": True, "chunking": True}
+PROFILES = {
+    "noesmtp": (["noesmtp"], FULL),                 # 1.06: HELO, DATA
+    "esmtp": ([], FULL),                            # BDAT, SIZE=
+    "esmtp-nochunking": (["nochunking"], FULL),     # DATA, SIZE=
+    "esmtp-nosize": ([], NOSIZE),                   # BDAT, no SIZE=
+    "esmtp-nochunking-nosize": (["nochunking"], NOSIZE),  # DATA, no SIZE=
+}
+
+
+def bdat_bytes(info):
+    """What BDAT puts on the wire: CRLF lines, no stuffing, no terminator."""
+    return info["bytes"] + info["lines"]
+
+
+def make_profile_senders(names, workdir, stack):
+    senders = []
+    qr = qmail_remote_command()
+    for name in names:
+        if name not in PROFILES:
+            sys.exit(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+        files, options = PROFILES[name]
+        sink = stack.enter_context(Sink(**options))
+        home = os.path.join(workdir, "home-" + name)
+        write_home(home, sink.port, files)
+        bdat = "noesmtp" not in files and "nochunking" not in files and \
+            options.get("chunking")
+        senders.append(Sender(
+            "qr:" + name, [qr, "bench.example", SENDER, RECIPIENT],
+            dict(compiled_env(), QMAILHOME=home), stdin=True, qmail=True,
+            expect=bdat_bytes if bdat else None, sink=sink))
+    return senders
+
+
 # --- progress -------------------------------------------------------------
 
 class Progress:
@@ -532,6 +574,7 @@ def prepare(sizes, workdir, seed, progress):
 
 
 def one_run(sender, files, sink, workdir, timeout):
+    sink = sender.sink or sink
     info = files["info"]
     expect = sender.expect(info) if sender.expect else info["encoded_bytes"]
     messages, body = sink.messages, sink.body_bytes
@@ -724,6 +767,303 @@ def sink_check(args, files, sink, workdir, results, progress):
     }
 
 
+# --- round trips: a delaying relay between client and sink ----------------
+
+class Relay:
+    """A user-space TCP relay that holds every chunk *delay* seconds.
+
+    Listens on ``relay.port``; each client connection gets its own
+    connection to ``127.0.0.1:target``.  In each direction one thread reads
+    (``recv``, 64 KiB at most) and stamps each chunk, another writes it
+    once it is *delay* old, in order; EOF is passed on the same way.  The
+    TCP handshake to the relay is not delayed (the kernel completes it),
+    so the round trips are counted from the accept.  The connection to the
+    sink is made ahead (one spare, replaced at each accept): the sink's
+    greeting is then waiting when the client connects, as it would be from
+    a server that greets on accept, and the relay's own connect and the
+    sink's thread start-up (1-10 ms here) are not counted as round trips.
+    All sockets have TCP_NODELAY, so the relay adds no Nagle wait.
+
+    ``sessions`` holds one record per connection: the accept time, and per
+    direction a list of ``(read_at, sent_at, nbytes, head)``, *sent_at*
+    taken just before the chunk is handed to the kernel.
+    """
+
+    def __init__(self, target, delay):
+        self.target = target
+        self.delay = delay
+        self.sessions = []
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self._spare = self._connect()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._listener.close()
+        self._spare.close()
+
+    def _connect(self):
+        return socket.create_connection(("127.0.0.1", self.target))
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            accepted = time.perf_counter()
+            upstream, self._spare = self._spare, None
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            record = {"accept": accepted, "c2s": [], "s2c": [],
+                      "c2s_eof": None, "done": threading.Event()}
+            self.sessions.append(record)
+            ends = [0]
+
+            def finished():
+                ends[0] += 1
+                if ends[0] == 2:
+                    for sock in (client, upstream):
+                        sock.close()
+                    record["done"].set()
+            self._pump(client, upstream, record, "c2s", finished)
+            # the greeting has been waiting on the spare since it was made:
+            # it is held from the accept, not from when a new thread got
+            # round to reading it
+            self._pump(upstream, client, record, "s2c", finished,
+                       first_read_at=accepted)
+            self._spare = self._connect()
+
+    def _pump(self, src, dst, record, key, finished, first_read_at=None):
+        import queue
+        chunks = queue.SimpleQueue()
+        log = record[key]
+        delay = self.delay
+
+        def reader():
+            first = first_read_at
+            while True:
+                try:
+                    data = src.recv(1 << 16)
+                except OSError:
+                    data = b""
+                now = time.perf_counter()
+                if first is not None:
+                    now, first = min(now, first), None
+                chunks.put((now, data))
+                if not data:
+                    if key == "c2s":
+                        record["c2s_eof"] = now
+                    return
+
+        def writer():
+            broken = False
+            while True:
+                read_at, data = chunks.get()
+                wait = read_at + delay - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                if not data:
+                    try:
+                        dst.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                    finished()
+                    return
+                # stamped before the send: once the client has it, its
+                # answer may be read (and stamped) before this thread runs
+                log.append((read_at, time.perf_counter(), len(data),
+                            bytes(data[:64])))
+                if not broken:
+                    try:
+                        dst.sendall(data)
+                    except OSError:
+                        broken = True
+
+        threading.Thread(target=reader, daemon=True).start()
+        threading.Thread(target=writer, daemon=True).start()
+
+
+def relay_timing(record, rtt):
+    """Round trips from the accept to the greeting and to the final reply.
+
+    The final reply is the last chunk the relay passed to the client
+    before the client's QUIT (or its EOF) reached the relay: qmail-remote
+    writes QUIT as soon as it has read that reply, and never waits for
+    QUIT's own.
+    """
+    start = record["accept"]
+    end = record["c2s_eof"]
+    for read_at, _, _, head in record["c2s"]:
+        if head.upper().startswith(b"QUIT"):
+            end = read_at
+            break
+    s2c = [sent for read_at, sent, _, _ in record["s2c"]
+           if end is None or sent <= end]
+    return {
+        "greeting_rtt": (s2c[0] - start) / rtt if s2c else None,
+        "final_reply_rtt": (s2c[-1] - start) / rtt if s2c else None,
+        "client_writes": len(record["c2s"]),
+        "server_writes": len(record["s2c"]),
+    }
+
+
+# Scenario -> (control files, Sink options, message size, outcome).  The
+# refused one offers a SIZE limit below the message's size on the wire.
+REFUSE_LIMIT = 1000000
+RTT_SCENARIOS = {
+    "noesmtp": (["noesmtp"], FULL, 1 << 10, "K"),
+    "esmtp": ([], {"size": 0}, 1 << 10, "K"),
+    "esmtp+chunking": ([], {"size": 0, "chunking": True}, 1 << 10, "K"),
+    "esmtp+pipelining": ([], {"size": 0, "pipelining": True}, 1 << 10, "K"),
+    "esmtp+pipelining+chunking": ([], FULL, 1 << 10, "K"),
+    "size-refused": ([], dict(FULL, size=REFUSE_LIMIT), 1 << 20, "D"),
+}
+RTT_EXPECTED = {"noesmtp": 5.5, "esmtp": 5.5, "esmtp+chunking": 4.5,
+                "esmtp+pipelining": 3.5, "esmtp+pipelining+chunking": 2.5,
+                "size-refused": 1.5}
+RTT_TARGETS = {"esmtp+pipelining": 3.7, "esmtp+pipelining+chunking": 2.7}
+
+
+def rtt_scenarios(args, workdir, progress):
+    """1 KB deliveries through the relay, and the same without it."""
+    delay = args.delay_ms / 1000
+    rtt = 2 * delay
+    # The relay's threads hand the GIL to each other at every chunk: a short
+    # switch interval keeps that from adding milliseconds to the hold.
+    sys.setswitchinterval(0.0002)
+    names = [n.strip() for n in args.rtt_only.split(",") if n.strip()] \
+        if args.rtt_only else list(RTT_SCENARIOS)
+    sizes = sorted({RTT_SCENARIOS[n][2] for n in names})
+    files = prepare(sizes, workdir, args.seed, progress)
+    qr = qmail_remote_command()
+    runs = args.rtt_runs
+    out = {}
+    with contextlib.ExitStack() as stack:
+        setups = {}
+        for name in names:
+            flags, options, size, outcome = RTT_SCENARIOS[name]
+            sink = stack.enter_context(Sink(**options))
+            relay = stack.enter_context(Relay(sink.port, delay))
+            homes = {}
+            for via, port in (("relay", relay.port), ("direct", sink.port)):
+                homes[via] = os.path.join(workdir, f"rtt-{name}-{via}")
+                write_home(homes[via], port, flags)
+            setups[name] = (sink, relay, homes, size, outcome)
+            out[name] = {"relay": [], "direct": [], "timing": [],
+                         "sink_received": [], "errors": []}
+        progress.total = runs * 2 * len(names)
+        progress.done = 0
+        for run in range(runs):
+            shift = run % len(names)
+            for name in names[shift:] + names[:shift]:
+                sink, relay, homes, size, outcome = setups[name]
+                info = files[size]["info"]
+                bdat = "chunking" in name or name == "size-refused"
+                for via in ("relay", "direct"):
+                    progress.show(f"round trips run {run + 1}/{runs}: "
+                                  f"{name} {via}")
+                    before = (sink.messages, sink.body_bytes, sink.closed,
+                              sink.received)
+                    sessions = len(relay.sessions)
+                    r = run_process(
+                        [qr, "bench.example", SENDER, RECIPIENT],
+                        dict(compiled_env(), QMAILHOME=homes[via]), workdir,
+                        files[size]["raw"], args.timeout)
+                    progress.done += 1
+                    # the sink counts a connection's bytes when it ends
+                    deadline = time.perf_counter() + 5
+                    while sink.closed == before[2] and \
+                            time.perf_counter() < deadline:
+                        time.sleep(0.002)
+                    reports = r["stdout"].split(b"\0")
+                    report = reports[-2] if len(reports) >= 2 else b""
+                    problems = []
+                    if r["returncode"] or report[:1] != outcome.encode():
+                        problems.append(f"{r['returncode']} {r['stdout']!r}")
+                    want = (1, info["bytes"] + info["lines"] if bdat
+                            else info["encoded_bytes"]) \
+                        if outcome == "K" else (0, 0)
+                    got = (sink.messages - before[0],
+                           sink.body_bytes - before[1])
+                    if got != want:
+                        problems.append(f"sink got {got}, expected {want}")
+                    entry = out[name]
+                    if problems:
+                        entry["errors"].append("; ".join(problems))
+                        continue
+                    entry[via].append(r["wall_s"])
+                    if via == "relay":
+                        record = relay.sessions[sessions]
+                        record["done"].wait(5)
+                        entry["timing"].append(relay_timing(record, rtt))
+                        entry["sink_received"].append(
+                            sink.received - before[3])
+    results = {}
+    for name in names:
+        e = out[name]
+        if not e["timing"] or not e["direct"]:
+            results[name] = {"errors": e["errors"]}
+            continue
+        relay_wall = statistics.median(e["relay"])
+        direct_wall = statistics.median(e["direct"])
+        results[name] = {
+            "message_bytes": RTT_SCENARIOS[name][2],
+            "final_reply_rtt": statistics.median(
+                t["final_reply_rtt"] for t in e["timing"]),
+            "greeting_rtt": statistics.median(
+                t["greeting_rtt"] for t in e["timing"]),
+            "process_rtt": (relay_wall - direct_wall) / rtt,
+            "wall_relay_s": relay_wall,
+            "wall_direct_s": direct_wall,
+            "client_writes": statistics.median(
+                t["client_writes"] for t in e["timing"]),
+            "sink_received_bytes": max(e["sink_received"]),
+            "expected_rtt": RTT_EXPECTED.get(name),
+            "target_rtt": RTT_TARGETS.get(name),
+            "runs": runs,
+            "errors": e["errors"],
+            "raw": e,
+        }
+    progress.show("round trips: done", final=True)
+    return results
+
+
+def print_rtt(results, delay_ms):
+    print(f"\nRound trips, {2 * delay_ms:g} ms RTT through the relay "
+          f"({delay_ms:g} ms each way), qmail-remote, medians")
+    print(f"  {'scenario':<27} {'message':>8} {'relay RTT':>10} "
+          f"{'process RTT':>12} {'expect':>7} {'target':>7} "
+          f"{'writes':>7} {'sink got':>9}")
+    for name, r in results.items():
+        if "final_reply_rtt" not in r:
+            print(f"  {name:<27} FAILED: {r['errors'][:1]}")
+            continue
+        target = r["target_rtt"]
+        verdict = "" if target is None else \
+            (" met" if r["final_reply_rtt"] <= target else " MISSED")
+        print(f"  {name:<27} {format_size(r['message_bytes']):>8} "
+              f"{r['final_reply_rtt']:10.2f} {r['process_rtt']:12.2f} "
+              f"{r['expected_rtt'] or 0:7.1f} "
+              f"{'' if target is None else target:>7}"
+              f" {r['client_writes']:7.0f} {r['sink_received_bytes']:8,} B"
+              f"{verdict}"
+              + (f"  ({len(r['errors'])} failed)" if r["errors"] else ""))
+    print("relay RTT: from the relay's accept to the last byte it passed to "
+          "the client before the client's QUIT, over the round-trip time; "
+          "process RTT: (median wall through the relay - median wall "
+          "direct to the sink) over the round-trip time; writes: chunks the "
+          "relay read from the client, QUIT included; sink got: bytes the "
+          "sink read on the connection (most of any run).  size-refused: "
+          f"the message is over the sink's SIZE {REFUSE_LIMIT:,}; a D report "
+          "and no message at the sink is the pass.")
+
+
 # --- output ---------------------------------------------------------------
 
 def rate(mib_per_s):
@@ -738,7 +1078,7 @@ def print_table(results, senders, check, notes, floor):
         print(f"\n{label} message: {describe(entry)}; "
               f"{entry['encoded_bytes']:,} bytes on the wire. "
               f"{entry['runs']} runs, medians")
-        print(f"  {'sender':<18} {'wall ms':>10} {'best':>8} {'x ceil':>7} "
+        print(f"  {'sender':<26} {'wall ms':>10} {'best':>8} {'x ceil':>7} "
               f"{'CPU ms':>10} {'user':>8} {'sys':>8} {'peak RSS':>12} "
               f"{'MiB/s':>9} {'sink CPU':>8}")
         for s in senders:
@@ -746,7 +1086,7 @@ def print_table(results, senders, check, notes, floor):
             if e is None:
                 continue
             if "median" not in e:
-                print(f"  {s.name:<18} FAILED in every run")
+                print(f"  {s.name:<26} FAILED in every run")
                 continue
             m = e["median"]
             ratio = e.get("wall_vs_ceiling")
@@ -756,7 +1096,7 @@ def print_table(results, senders, check, notes, floor):
                 f"{rss / MIB:,.1f} MiB"
             failed = f"  ({e['failed_runs']} failed)" if e["failed_runs"] \
                 else ""
-            print(f"  {s.name:<18} {m['wall_s'] * 1000:10,.1f} "
+            print(f"  {s.name:<26} {m['wall_s'] * 1000:10,.1f} "
                   f"{e['best_wall_s'] * 1000:8,.1f} {ratio} "
                   f"{m['cpu_s'] * 1000:10,.1f} {m['user_s'] * 1000:8,.1f} "
                   f"{m['sys_s'] * 1000:8,.1f} {rss:>12} "
@@ -828,6 +1168,54 @@ def plot(results, senders, path, floor):
     return None
 
 
+def print_ratios(results, senders):
+    """Median wall of every profile over noesmtp's (today's code path)."""
+    names = [s.name for s in senders if s.name.startswith("qr:")]
+    for base in ("qr:noesmtp", "qr:esmtp-nochunking"):
+        if base not in names:
+            continue
+        for label, entry in results.items():
+            got = entry["senders"]
+            if "median" not in got.get(base, {}):
+                continue
+            ref = got[base]["median"]["wall_s"]
+            cells = []
+            for name in names:
+                if name != base and "median" in got.get(name, {}):
+                    wall = got[name]["median"]["wall_s"]
+                    cells.append(f"{name[3:]} {wall / ref:.3f}")
+            print(f"{label}: median wall over {base[3:]}'s: "
+                  + ", ".join(cells))
+
+
+def strip_raw(rtt):
+    if not rtt:
+        return rtt
+    return {name: {k: v for k, v in r.items() if k != "raw"} |
+            ({"walls_relay_s": r["raw"]["relay"],
+              "walls_direct_s": r["raw"]["direct"],
+              "final_reply_rtts": [t["final_reply_rtt"]
+                                   for t in r["raw"]["timing"]]}
+             if "raw" in r else {})
+            for name, r in rtt.items()}
+
+
+def report_rtt_only(args, rtt):
+    print(f"python {sys.version.split()[0]} ({sys.executable}); "
+          f"{platform.platform()}; {os.cpu_count()} CPUs; "
+          f"qmail-remote: {qmail_remote_command()}; checkout HEAD "
+          f"{git_head()}")
+    if rtt:
+        print_rtt(rtt, args.delay_ms)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": {"checkout_head": git_head(),
+                                "python": sys.version,
+                                "platform": platform.platform()},
+                       "delay_ms": args.delay_ms,
+                       "round_trips": strip_raw(rtt)}, f, indent=1)
+
+
 # --- main -----------------------------------------------------------------
 
 def choose_sizes(spec, workdir, notes):
@@ -869,6 +1257,23 @@ def main():
                         "the system temp directory)")
     parser.add_argument("--timeout", type=float, default=900,
                         help="seconds before a sender is killed")
+    parser.add_argument("--profiles", default="",
+                        help="also run the installed qmail-remote under "
+                        "these profiles, each with its own home and sink "
+                        "(comma-separated, from: " + ", ".join(PROFILES) +
+                        ")")
+    parser.add_argument("--rtt-scenarios", action="store_true",
+                        help="run the round-trip scenarios through the "
+                        "delaying relay (1 KB; 1 MB for size-refused)")
+    parser.add_argument("--rtt-only", default="", metavar="NAMES",
+                        help="these round-trip scenarios only, from: " +
+                        ", ".join(RTT_SCENARIOS))
+    parser.add_argument("--delay-ms", type=float, default=25,
+                        help="the relay's delay each way (default: "
+                        "%(default)s ms)")
+    parser.add_argument("--rtt-runs", type=int, default=9,
+                        help="runs per round-trip scenario (default: "
+                        "%(default)s)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
     parser.add_argument("--no-sink-check", dest="sink_check",
                         action="store_false")
@@ -878,6 +1283,13 @@ def main():
     progress = Progress()
     workdir = tempfile.mkdtemp(prefix="qmailremote-e2e-", dir=args.tmpdir)
     try:
+        rtt = None
+        if args.rtt_scenarios:
+            rtt = rtt_scenarios(args, workdir, progress)
+        if args.sizes.strip().lower() in ("", "none", "0"):
+            progress.clear()
+            report_rtt_only(args, rtt)
+            return
         args.sizes = choose_sizes(args.sizes, workdir, notes)
         names = [n.strip() for n in args.senders.split(",") if n.strip()]
         names = ["ceiling"] + [n for n in names if n != "ceiling"]
@@ -887,6 +1299,9 @@ def main():
             home = os.path.join(workdir, "home")
             write_home(home, sink.port)
             senders = make_senders(names, home, notes)
+            profiles = [n.strip() for n in args.profiles.split(",")
+                        if n.strip()]
+            senders += make_profile_senders(profiles, workdir, stack)
             if any(s.name == "netqmail" for s in senders):
                 c_home = os.environ["QMAILREMOTE_BENCH_C_HOME"]
                 stack.enter_context(CHome(c_home))
@@ -919,6 +1334,10 @@ def main():
         print("interpreter start-up: " + "; ".join(
             f"{k} {v * 1000:.1f} ms" for k, v in startup.items()))
         print_table(results, senders, check, notes, floor)
+        if profiles:
+            print_ratios(results, senders)
+        if rtt:
+            print_rtt(rtt, args.delay_ms)
         failures = sum(e["failed_runs"] for r in results.values()
                        for e in r["senders"].values())
         if args.json:
@@ -945,6 +1364,10 @@ def main():
                 },
                 "sizes": results,
                 "sink_check": check,
+                "round_trips": strip_raw(rtt),
+                "delay_ms": args.delay_ms if rtt else None,
+                "profiles": {p: {"control": PROFILES[p][0],
+                                 "sink": PROFILES[p][1]} for p in profiles},
                 "notes": notes,
             }
             with open(args.json, "w") as f:

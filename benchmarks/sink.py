@@ -26,7 +26,8 @@ is not the bottleneck.  One thread per connection.
 Counters (totals over all connections): ``messages`` and ``body_bytes``
 (DATA: everything after the DATA line through ``.\\r\\n``; BDAT: the sum
 of the chunk sizes), ``received`` (every byte read from any client:
-commands and body), ``connections``, ``refused`` (MAIL refused for SIZE).
+commands and body, added when the connection ends), ``connections``,
+``closed`` (connections ended), ``refused`` (MAIL refused for SIZE).
 """
 
 import socket
@@ -66,6 +67,7 @@ class Sink:
         self.received = 0
         self.connections = 0
         self.refused = 0
+        self.closed = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
@@ -97,6 +99,7 @@ class Sink:
         finally:
             with self._lock:
                 self.received += received[0]
+                self.closed += 1
 
     def _dialogue(self, conn, received):
         buf = bytearray(_CHUNK)
