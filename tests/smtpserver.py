@@ -887,6 +887,8 @@ class TeeSMTPServer:
     *helo_reply* replace those replies.  A reply starting 1, 2 or 3 still
     records the address in the envelope.  *line_limit* bounds command and
     body lines (default 1 GiB, i.e. no limit that matters).
+    *data_size_limit* (default None: no limit, no ``SIZE`` keyword) is
+    aiosmtpd's: advertised as ``SIZE n`` in the EHLO reply and enforced.
 
     Caveats, from aiosmtpd: ``Message.mail_from`` / ``rcpt_tos`` are parsed
     addresses, not wire bytes (``<>`` stays ``"<>"``, ``a b@c`` becomes
@@ -907,6 +909,7 @@ class TeeSMTPServer:
         line_limit: int = 1 << 30,
         enable_SMTPUTF8: bool = True,
         timeout: float = 60.0,
+        data_size_limit: int | None = None,
     ):
         self.host = "127.0.0.1"
         self.port = 0
@@ -918,6 +921,7 @@ class TeeSMTPServer:
         self.line_limit = line_limit
         self.enable_SMTPUTF8 = enable_SMTPUTF8
         self.timeout = timeout
+        self.data_size_limit = data_size_limit
         self.messages: list[Message] = []
         self.closed = 0
         self._chunks: list[list[bytes]] = []
@@ -952,7 +956,7 @@ class TeeSMTPServer:
     def _factory(self) -> _TeeSMTP:
         return _TeeSMTP(
             self, self._handler,
-            data_size_limit=None,
+            data_size_limit=self.data_size_limit,
             enable_SMTPUTF8=self.enable_SMTPUTF8,
             hostname=self.hostname,
             ident="TeeSMTPServer",
