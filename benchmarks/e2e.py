@@ -40,6 +40,40 @@ the sink and against a bare drain, with the ceiling.
 
     python benchmarks/e2e.py [--sizes 1K,1M,100M,1G] [--runs N]
         [--senders ceiling,qmail-remote,...] [--json out.json] [--png out.png]
+        [--profiles noesmtp,esmtp,esmtp-nochunking,esmtp-nosize,...]
+        [--rtt-scenarios [--rtt-only NAMES] [--delay-ms 25] [--rtt-runs 9]]
+
+The sink is an ESMTP server (``sink.py``); the shared one offers only
+8BITMIME, so ``qmail-remote`` above speaks ESMTP in lock-step with DATA.
+
+``--profiles`` adds the installed qmail-remote once per profile, each with
+a home of its own (control files) and a sink of its own (extensions
+offered), run interleaved with the other senders; a table of each
+profile's median wall over ``noesmtp``'s (and ``esmtp-nochunking``'s)
+follows the main one:
+
+* ``noesmtp``: ``control/noesmtp``, netqmail 1.06's dialogue (the code
+  path of the pre-ESMTP releases); the sink offers everything;
+* ``esmtp``: the default; the sink offers SIZE, PIPELINING, CHUNKING:
+  ``SIZE=`` (a count of the message's lines first) and BDAT;
+* ``esmtp-nochunking``: ``control/nochunking``, same sink: ``SIZE=``, DATA;
+* ``esmtp-nosize``, ``esmtp-nochunking-nosize``: the sink does not offer
+  SIZE: BDAT or DATA with no line count.
+
+``--rtt-scenarios`` runs 1 KB deliveries through ``Relay``, a user-space
+TCP relay that holds every chunk ``--delay-ms`` (25) before passing it on,
+in order, each way (these kernels have no netem), and reports the wall
+time in round trips, from the relay's accept (the client's connect) to the
+last byte passed to the client before its QUIT: the final reply.  The
+second figure, "process RTT", is (median wall through the relay - median
+wall straight to the sink) / RTT, runs interleaved.  Scenarios (the sink's
+offer; the client's default unless said): ``noesmtp`` (1.06, 5.5 RTT),
+``esmtp`` (SIZE only: lock-step DATA, 5.5), ``esmtp+chunking`` (4.5),
+``esmtp+pipelining`` (3.5; target <= 3.7), ``esmtp+pipelining+chunking``
+(2.5, BDAT LAST in the write with MAIL and RCPT; target <= 2.7), and
+``size-refused``: a 1 MB message against ``SIZE 1000000``, refused after
+EHLO (1.5 RTT), with the bytes the sink read (target < 1 KB).  With
+``--sizes none`` only the round trips are run.
 
 Sizes are binary (1M = 2**20 bytes), throughput is MiB/s.  1G is skipped
 when the temp directory has too little space.  Install the package first,
