@@ -40,6 +40,12 @@ Faults:
 * ``nonl``: the stage's normal reply without its newline, then FIN: EOF in
   the middle of a reply is a drop.
 
+These cells run under ``control/noesmtp`` (1.06's dialogue).  The ESMTP
+dialogue's own stages -- ``ehlo``, ``pipe``, ``chunk``, ``bdat``, ``last``,
+``early`` -- make a second matrix with the same faults at the end of this
+file (**6 stages x 5 faults, 2 left out: 28 cells**, ids ``stage-fault``
+under ``test_esmtp_fault``).
+
 Most cells run in-process through ``deliver()``; ``CLI_CELLS`` (at least
 one per stage, every fault) run ``python -m qmailremote`` in a subprocess
 with the message on stdin (a regular file; a pipe for ``flush``) and also
@@ -62,8 +68,8 @@ import pytest
 import qmailremote
 from qmailremote import deliver
 from smtpserver import (ScriptedServer, call, close, expect_data,
-                        expect_line, read_some, read_to_eof, reset, send,
-                        stall, stop_reading, wait_event)
+                        expect_line, read_bytes, read_some, read_to_eof,
+                        reset, send, stall, stop_reading, wait_event)
 
 IP = b"127.0.0.1"
 RECIPIENTS = [b"a@x", b"b@x"]
@@ -446,3 +452,189 @@ def test_fault_through_cli(home, tmp_path, stage, fault):
         stdout, stderr = out.read(), err.read()
     assert (status, stderr) == (0, b"")
     check_out(stage, fault, stdout)
+
+
+# --- the ESMTP stages (issue 9) ---------------------------------------------
+#
+# The same five faults at the stages only the ESMTP dialogue has, with the
+# default profile (no control/noesmtp).  Each stage names the server's
+# EHLO keywords and where the fault strikes:
+#
+# * ``ehlo``: instead of the EHLO reply.  Garbage there is "not 250": the
+#   client falls back to HELO on the same connection and delivers (K);
+# * ``pipe`` (PIPELINING): MAIL, both RCPTs and DATA were read in one
+#   batch; the MAIL and first RCPT replies went out, the fault replaces the
+#   second RCPT's reply -- a drop in the middle of the pipelined replies;
+# * ``chunk`` (CHUNKING): while a 12 MB message goes out as 1 MiB BDAT
+#   chunks (the server reads 64 KiB, or nothing, with a 64 KiB buffer);
+# * ``bdat`` (CHUNKING): instead of the reply to the first, non-last chunk
+#   of a two-chunk message: not yet inside the critical window;
+# * ``last`` (CHUNKING): instead of the reply to ``BDAT n LAST``: inside
+#   the window from that write to its reply;
+# * ``early`` (PIPELINING + CHUNKING): MAIL, RCPTs and ``BDAT n LAST`` with
+#   the whole message went in one write; the fault replaces the MAIL
+#   reply, so a drop is already a possible duplicate.
+
+ESMTP_STAGES = ["ehlo", "pipe", "chunk", "bdat", "last", "early"]
+ESMTP_EXCLUDED = {
+    ("chunk", "garbage"): "no reply is read mid-chunk (= bdat-garbage)",
+    ("chunk", "nonl"): "no reply is read mid-chunk (= bdat-nonl)",
+}
+ESMTP_CELLS = [(stage, fault) for stage in ESMTP_STAGES for fault in FAULTS
+               if (stage, fault) not in ESMTP_EXCLUDED]
+assert len(ESMTP_CELLS) == 28
+
+EHLO_LINE = b"EHLO me.example\r\n"
+EHLO_KEYWORDS = {
+    "ehlo": [], "pipe": [b"PIPELINING"], "chunk": [b"CHUNKING"],
+    "bdat": [b"CHUNKING"], "last": [b"CHUNKING"],
+    "early": [b"PIPELINING", b"CHUNKING"],
+}
+COMMANDS = [b"MAIL FROM:<a@b.example>\r\n", b"RCPT TO:<a@x>\r\n",
+            b"RCPT TO:<b@x>\r\n"]
+OK = b"250 ok\r\n"
+# Two BDAT chunks: 1 MiB of input, then 76 bytes.
+TWO_CHUNKS = BIG_LINE * (1024 * 1024 // len(BIG_LINE) + 1)
+
+
+def ehlo_reply(stage):
+    lines = [b"mx.example", *EHLO_KEYWORDS[stage]]
+    return b"".join(b"250%s%s\r\n" % (b" " if i == len(lines) - 1 else b"-",
+                                      line) for i, line in enumerate(lines))
+
+
+def bdat_payloads(message):
+    from qmailremote.message import CHUNK
+    return [message[i:i + CHUNK].replace(b"\n", b"\r\n")
+            for i in range(0, len(message), CHUNK)]
+
+
+def read_chunk(payload, last):
+    return [expect_line(b"BDAT %d%s\r\n" % (len(payload),
+                                            b" LAST" if last else b"")),
+            read_bytes(len(payload))]
+
+
+def lockstep_commands():
+    steps = []
+    for command in COMMANDS:
+        steps += [expect_line(command), send(OK)]
+    return steps
+
+
+def the_fault(fault, normal):
+    """Steps for *fault* instead of the reply *normal*."""
+    return {
+        "close": [HALF_CLOSE, NO_MORE],
+        "reset": [reset()],
+        "stall": [stall()],
+        "nonl": [send(normal.rstrip(b"\r\n")), HALF_CLOSE, NO_MORE],
+    }[fault]
+
+
+def esmtp_build(stage, fault):
+    """(script, message, rcvbuf, timeoutremote, finishes) for one cell."""
+    steps = [send(b"220 ok\r\n"), expect_line(EHLO_LINE)]
+    message, rcvbuf = MESSAGE, None
+    timeoutremote = 1 if fault == "stall" else 5
+    small = [b"Subject: t\r\n\r\nhi\r\n"]
+    if stage == "ehlo":
+        if fault == "garbage":
+            steps += [send(GARBAGE), expect_line(b"HELO me.example\r\n"),
+                      send(OK), *lockstep_commands(),
+                      expect_line(b"DATA\r\n"), send(b"354 go\r\n"),
+                      expect_data(WIRE), send(FINAL_OK),
+                      read_to_eof(b"QUIT\r\n")]
+        else:
+            steps += the_fault(fault, ehlo_reply(stage))
+    elif stage == "pipe":
+        steps += [send(ehlo_reply(stage)),
+                  *[expect_line(c) for c in COMMANDS],
+                  expect_line(b"DATA\r\n"), send(OK + OK)]
+        if fault == "garbage":
+            steps += [send(GARBAGE + b"354 go\r\n"), expect_data(WIRE),
+                      send(FINAL_OK), read_to_eof(b"QUIT\r\n")]
+        else:
+            steps += the_fault(fault, OK)
+    elif stage == "early":
+        steps += [send(ehlo_reply(stage)),
+                  *[expect_line(c) for c in COMMANDS],
+                  *read_chunk(small[0], True)]
+        if fault == "garbage":
+            steps += [send(GARBAGE), read_to_eof(b"QUIT\r\n")]
+        else:
+            steps += the_fault(fault, OK)
+    else:
+        steps += [send(ehlo_reply(stage)), *lockstep_commands()]
+        if stage == "chunk":
+            message, rcvbuf = BIG_MESSAGE, BODY_RCVBUF
+            steps += {"close": [read_some(65536), close()],
+                      "reset": [read_some(65536), reset()],
+                      "stall": [stop_reading()]}[fault]
+        else:
+            if stage == "bdat":
+                message = TWO_CHUNKS
+            payloads = bdat_payloads(message)
+            steps += read_chunk(payloads[0], stage == "last")
+            if fault == "garbage":
+                steps += [send(GARBAGE), read_to_eof(b"QUIT\r\n")]
+            else:
+                steps += the_fault(fault, OK)
+    finishes = fault != "stall"
+    return steps, message, rcvbuf, timeoutremote, finishes
+
+
+ESMTP_BEFORE = {"ehlo": b"", "pipe": b"r\0", "chunk": b"r\0r\0",
+                "bdat": b"r\0r\0", "last": b"r\0r\0", "early": b""}
+ESMTP_GARBAGE = {
+    "ehlo": b"r\0r\0" + K,                       # HELO, then delivered
+    "pipe": b"r\0" + S_GARBAGE + K,
+    "bdat": b"r\0r\0Z127.0.0.1 failed on BDAT command.\n" +
+            said(GARBAGE_SAID) + b"\0",
+    "last": b"r\0r\0Z127.0.0.1 failed after I sent the message.\n" +
+            said(GARBAGE_SAID) + b"\0",
+    "early": b"ZConnected to 127.0.0.1 but sender was rejected.\n" +
+             said(GARBAGE_SAID) + b"\0",
+}
+
+
+def esmtp_expected(stage, fault):
+    if fault == "garbage":
+        return ESMTP_GARBAGE[stage]
+    critical = stage in ("last", "early")
+    return ESMTP_BEFORE[stage] + (DUP if critical else DIED)
+
+
+def esmtp_accepted(stage, fault):
+    return fault == "garbage" and stage in ("ehlo", "pipe")
+
+
+def test_esmtp_matrix_shape():
+    for stage, fault in ESMTP_CELLS:
+        out = esmtp_expected(stage, fault)
+        assert (b"K" in letters(out)) == esmtp_accepted(stage, fault)
+        assert (b"Possible duplicate!" in out) == (
+            stage in ("last", "early") and fault != "garbage")
+    assert len(bdat_payloads(TWO_CHUNKS)) == 2
+
+
+@pytest.fixture
+def esmtp_home(tmp_path):
+    (tmp_path / "control").mkdir()
+    (tmp_path / "control" / "me").write_bytes(b"me.example\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("stage, fault", ESMTP_CELLS,
+                         ids=map(cell_id, ESMTP_CELLS))
+def test_esmtp_fault(esmtp_home, stage, fault):
+    script, message, rcvbuf, timeoutremote, finishes = esmtp_build(stage,
+                                                                   fault)
+    with ScriptedServer(script, rcvbuf=rcvbuf) as srv:
+        configure(esmtp_home, srv.port, timeoutremote)
+        out = deliver(HOST, SENDER, RECIPIENTS, message,
+                      home=str(esmtp_home)).render()
+        if finishes:
+            srv.wait_done()
+    assert out == esmtp_expected(stage, fault)
+    assert (b"K" in letters(out)) == esmtp_accepted(stage, fault)
