@@ -5,6 +5,7 @@ from typing import Callable, Tuple, Union
 Buffer = Union[bytes, bytearray, memoryview]
 
 HUGESMTPTEXT: int
+MAX_REPLY_TEXT: int
 QMAIL_BLOCK: int
 DEFAULT_BUFFER: int
 
@@ -30,6 +31,6 @@ class Writer:
 
 class ReplyReader:
     def __init__(self, recv: Callable[[], bytes]) -> None: ...
-    def read(self) -> Tuple[int, bytes, bool]: ...
+    def read(self, limit: int = ...) -> Tuple[int, bytes, bool]: ...
 
 def body_counts(data: Buffer, at_line_start: bool) -> Tuple[int, int]: ...

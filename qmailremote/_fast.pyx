@@ -15,12 +15,14 @@ from libc.string cimport memchr, memcpy, memmove
 from .errors import ConnectionDied, PartialLineError
 
 __all__ = ["Encoder", "Writer", "ReplyReader", "body_counts", "HUGESMTPTEXT",
-           "QMAIL_BLOCK"]
+           "MAX_REPLY_TEXT", "QMAIL_BLOCK"]
 
 
 cdef enum:
     # qmail-remote.c HUGESMTPTEXT: how much reply text is kept.
     C_HUGESMTPTEXT = 5000
+    # The most reply text any read may keep (an EHLO reply's keywords).
+    C_MAX_REPLY_TEXT = 65536
     # qmail-remote.c smtptobuf[1024]: netqmail's output buffer size.
     C_QMAIL_BLOCK = 1024
     # Input is encoded in slices of this size, so the output buffer needs at
@@ -28,6 +30,7 @@ cdef enum:
     C_SLICE = 65536
 
 HUGESMTPTEXT = C_HUGESMTPTEXT
+MAX_REPLY_TEXT = C_MAX_REPLY_TEXT
 QMAIL_BLOCK = C_QMAIL_BLOCK
 DEFAULT_BUFFER = 1 << 20
 
@@ -453,15 +456,19 @@ cdef class ReplyReader:
     cdef unsigned long long _code
     cdef bint _digits
     cdef Py_ssize_t _textlen
-    cdef unsigned char _text[C_HUGESMTPTEXT]
+    cdef Py_ssize_t _limit
+    cdef unsigned char _text[C_MAX_REPLY_TEXT]
 
     def __cinit__(self, recv):
         self._recv = recv
         self._data = b""
         self._pos = 0
 
-    def read(self):
+    def read(self, Py_ssize_t limit=C_HUGESMTPTEXT):
         """Return ``(code, text, digits)`` for the next reply."""
+        if limit > C_MAX_REPLY_TEXT:
+            limit = C_MAX_REPLY_TEXT
+        self._limit = limit if limit > 0 else 0
         self._state = S_CODE
         self._count = 0
         self._code = 0
@@ -487,7 +494,7 @@ cdef class ReplyReader:
         while pos < n:
             ch = d[pos]
             pos += 1
-            if ch != b'\r' and self._textlen < C_HUGESMTPTEXT:
+            if ch != b'\r' and self._textlen < self._limit:
                 self._text[self._textlen] = ch
                 self._textlen += 1
             if self._state == S_CODE:

@@ -24,10 +24,12 @@
 from .errors import ConnectionDied, PartialLineError
 
 __all__ = ["Encoder", "Writer", "ReplyReader", "body_counts", "HUGESMTPTEXT",
-           "QMAIL_BLOCK"]
+           "MAX_REPLY_TEXT", "QMAIL_BLOCK"]
 
 # qmail-remote.c HUGESMTPTEXT: how much reply text is kept.
 HUGESMTPTEXT = 5000
+# The most reply text any read may keep (an EHLO reply's keywords).
+MAX_REPLY_TEXT = 65536
 # qmail-remote.c smtptobuf[1024]: the size of netqmail's output buffer.
 QMAIL_BLOCK = 1024
 # Default flush threshold of the Writer: large writes, bounded memory
@@ -230,7 +232,7 @@ class ReplyReader:
         self._data = b""
         self._pos = 0
 
-    def read(self):
+    def read(self, limit=HUGESMTPTEXT):
         """Return ``(code, text, digits)`` for the next reply.
 
         *code* is netqmail's value (unsigned 64-bit arithmetic on whatever
@@ -238,6 +240,7 @@ class ReplyReader:
         dropped, at most 5000 bytes), *digits* whether the first three bytes
         were all ASCII digits (deviation 2 of the reference).
         """
+        self._limit = max(0, min(limit, MAX_REPLY_TEXT))
         self._state = self._CODE
         self._count = 0
         self._code = 0
@@ -254,7 +257,7 @@ class ReplyReader:
             self._pos = 0
 
     def _store(self, segment):
-        room = HUGESMTPTEXT - len(self._text)
+        room = self._limit - len(self._text)
         if room > 0:
             self._text += segment.replace(b"\r", b"")[:room]
 

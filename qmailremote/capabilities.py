@@ -26,10 +26,17 @@ class Capabilities:
         self.keywords = dict(keywords or {})
 
     @classmethod
-    def from_ehlo(cls, text):
-        """Parse an EHLO reply text (``250-name\\n250-SIZE 10\\n250 ...``)."""
+    def from_ehlo(cls, text, truncated=False):
+        """Parse an EHLO reply text (``250-name\\n250-SIZE 10\\n250 ...``).
+
+        When the text was cut short (*truncated*), its last line is left
+        out: a half keyword or a half SIZE limit is worse than none.
+        """
         keywords = {}
-        for line in text.split(b"\n")[1:]:
+        lines = text.split(b"\n")[1:]
+        if truncated:
+            lines = lines[:-1]
+        for line in lines:
             line = line[4:].strip(b" \t")
             if not line:
                 continue

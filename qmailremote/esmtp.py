@@ -21,6 +21,7 @@ what the server advertised (:mod:`qmailremote.capabilities`):
 The reply classes are 1.06's at every stage the two dialogues share.
 """
 
+from ._kernel import MAX_REPLY_TEXT
 from .capabilities import NONE, Capabilities
 from .errors import ConnectionDied
 from .message import Message
@@ -45,9 +46,13 @@ def hello(session, helohost):
     rejected HELO is 1.06's "my name was rejected".  STARTTLS sends EHLO
     again through this function.
     """
-    code, text, digits = session.command(b"EHLO ", helohost, b"\r\n")
+    session.write(b"EHLO ", helohost, b"\r\n")
+    session.flush()
+    # More text than a report keeps: a keyword must not be lost (or a SIZE
+    # limit cut short) because a server's EHLO reply is long.
+    code, text, digits = session.read(MAX_REPLY_TEXT)
     if code == 250 and digits:
-        return Capabilities.from_ehlo(text)
+        return Capabilities.from_ehlo(text, len(text) >= MAX_REPLY_TEXT)
     session.helo(helohost)
     return NONE
 

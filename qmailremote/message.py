@@ -84,10 +84,17 @@ def utf8_header(head):
         if line[:1] in (b" ", b"\t"):
             field += line
             continue
-        if field[:9].lower() == b"received:" and b"with utf8" in field.lower():
+        if _says_utf8(field):
             return True
         field = line
-    return field[:9].lower() == b"received:" and b"with utf8" in field.lower()
+    return _says_utf8(field)
+
+
+def _says_utf8(field):
+    """A ``Received:`` field with ``with UTF8...`` (any white space)."""
+    if field[:9].lower() != b"received:":
+        return False
+    return b" with utf8" in b" ".join(field.lower().split())
 
 
 class Message:

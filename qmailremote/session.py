@@ -20,7 +20,7 @@ try:
 except ImportError:  # not CPython
     import socket
 
-from ._kernel import Writer, ReplyReader
+from ._kernel import HUGESMTPTEXT, ReplyReader, Writer
 from .errors import ConnectionDied, PartialLineError
 from .report import (PERM_PARTIALLINE, TEMP_NOMEM, TEMP_OSERR, TEMP_READ,
                      Failure, Result, dropped, internal_error, recipient_report,
@@ -165,9 +165,9 @@ class Session:
     def flush(self):
         self.writer.flush()
 
-    def read(self):
-        """The next reply: ``(code, text, digits)``."""
-        return self._replies.read()
+    def read(self, limit=HUGESMTPTEXT):
+        """The next reply: ``(code, text, digits)``, text cut at *limit*."""
+        return self._replies.read(limit)
 
     def command(self, *parts):
         self.write(*parts)

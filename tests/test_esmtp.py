@@ -1003,3 +1003,28 @@ def test_noesmtp_with_8bit_address_still_sends(home):
                    sender=UTF8_ADDR)
     assert out == b"r\0" + K
     assert srv.received[0].startswith(HELO + b"MAIL FROM:<%s>\r\n" % UTF8_WIRE)
+
+
+# --- long EHLO replies -------------------------------------------------------
+
+def test_size_limit_past_5000_bytes_of_ehlo_text_is_not_truncated(home):
+    # A report keeps 5000 bytes of reply text; EHLO keywords need more.
+    filler = b"250-X-" + b"a" * 4974 + b"\r\n"      # 4981 bytes stored
+    caps = b"250-mx\r\n" + filler + b"250-SIZE 10000000\r\n250 HELP\r\n"
+    message = b"Subject: t\n\n" + b"x" * 2000 + b"\n"
+    out, srv = run(home, lockstep(caps), message=message)
+    assert out == b"r\0" + K
+    assert srv.received[0].startswith(
+        EHLO + b"MAIL FROM:<a@b.example> SIZE=2016\r\n")
+
+
+def test_keyword_cut_at_the_reply_text_cap_is_left_out(home):
+    # 65536 bytes of text are kept; a SIZE line cut there must not become a
+    # smaller limit (the message would bounce), so that line is ignored.
+    filler = b"250-X-" + b"a" * 65512 + b"\r\n"
+    # Stored (CR dropped): 65526 bytes, then "250-SIZE 1" fills the cap.
+    assert len(b"250-mx\n" + filler.replace(b"\r", b"")) == 65536 - 10
+    caps = b"250-mx\r\n" + filler + b"250-SIZE 10000000\r\n250 HELP\r\n"
+    out, srv = run(home, lockstep(caps))
+    assert out == b"r\0" + K
+    assert srv.received[0].startswith(EHLO + MAIL)   # no SIZE= at all
