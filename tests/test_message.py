@@ -91,3 +91,20 @@ def test_missing_path_is_an_oserror_when_read(tmp_path):
     msg = Message(str(tmp_path / "missing"))  # nothing happens yet
     with pytest.raises(OSError):
         next(msg.chunks())
+
+
+@pytest.mark.parametrize("head, needs", [
+    (b"Received: from a by b with UTF8SMTP id 1\n\nbody\n", True),
+    (b"received: from a by b WITH utf8smtps;\n\n", True),
+    (b"Received: from a by b with\n\tUTF8SMTPA id 1\n\n", True),   # folded
+    (b"Received: from a\n by b\n with  UTF8LMTP\n\n", True),
+    (b"Subject: x\nReceived: by b with UTF8SMTP\n", True),          # no body
+    (b"Received: by b with ESMTP\n\nReceived: by b with UTF8SMTP\n", False),
+    (b"X-Received: by b with UTF8SMTP\n\n", False),
+    (b"Received: by b withUTF8SMTP\n\n", False),
+    (b"\nReceived: by b with UTF8SMTP\n", False),                  # no header
+    (b"", False),
+])
+def test_utf8_header(head, needs):
+    from qmailremote.message import utf8_header
+    assert utf8_header(head) is needs
