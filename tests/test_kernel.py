@@ -11,7 +11,7 @@ import tracemalloc
 import pytest
 
 from qmailremote.errors import ConnectionDied, PartialLineError
-from vectors import BLAST, REPLIES
+from vectors import BLAST, CHUNKS, COUNTS, REPLIES
 
 # qmail-remote.c: char smtptobuf[1024].
 SMTPTOBUF = 1024
@@ -645,3 +645,301 @@ def test_reply_text_cap(kernel, name):
         assert len(text) == HUGESMTPTEXT and not text.endswith(b"\n")
     else:
         assert text.endswith(b"\n")
+
+
+# --- body_counts -----------------------------------------------------------
+
+def counts_by_lines(data, at_line_start):
+    """``(lfs, dots)`` from the lines: each line after an LF, and the first
+    when *at_line_start*, adds a dot when it starts with one."""
+    lines = bytes(data).split(b"\n")
+    dots = sum(1 for i, line in enumerate(lines)
+               if line[:1] == b"." and (i or at_line_start))
+    return len(lines) - 1, dots
+
+
+def counts_byte_by_byte(data, at_line_start):
+    """The same, one byte at a time, as blast() meets them."""
+    lfs = dots = 0
+    line_start = at_line_start
+    for ch in bytes(data):
+        if line_start and ch == 46:
+            dots += 1
+        line_start = ch == 10
+        lfs += line_start
+    return lfs, dots
+
+
+COUNT_IDS = [v.id for v in COUNTS]
+CHUNK_IDS = [v.id for v in CHUNKS]
+
+
+@pytest.mark.parametrize("vector", COUNTS, ids=COUNT_IDS)
+def test_count_oracles_match_vectors(vector):
+    expected = (vector.lfs, vector.dots)
+    assert counts_by_lines(vector.data, vector.at_line_start) == expected
+    assert counts_byte_by_byte(vector.data, vector.at_line_start) == expected
+
+
+@pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview],
+                         ids=lambda t: t.__name__)
+@pytest.mark.parametrize("vector", COUNTS, ids=COUNT_IDS)
+def test_body_counts_vector(kernel, vector, wrap):
+    got = kernel.body_counts(wrap(vector.data), vector.at_line_start)
+    assert got == (vector.lfs, vector.dots)
+    assert type(got) is tuple and all(type(n) is int for n in got)
+
+
+@pytest.mark.parametrize("vector", COUNTS, ids=COUNT_IDS)
+def test_body_counts_split_everywhere(kernel, vector):
+    # Counting a message in two chunks, the second at a line start when the
+    # first ended in LF, gives the counts of the whole.
+    data = vector.data
+    for cut in range(len(data) + 1):
+        head, tail = data[:cut], data[cut:]
+        a = kernel.body_counts(head, vector.at_line_start)
+        after = head[-1:] == b"\n" if head else vector.at_line_start
+        b = kernel.body_counts(tail, after)
+        assert (a[0] + b[0], a[1] + b[1]) == (vector.lfs, vector.dots), cut
+
+
+@pytest.mark.parametrize("vector", COUNTS, ids=COUNT_IDS)
+def test_body_counts_unaligned_views(kernel, vector):
+    # The SIMD loads are unaligned: a view at any offset of a larger buffer
+    # counts its own bytes only, not the bytes around it.
+    for offset in range(17):
+        buf = b"\n" * offset + vector.data + b"\n." * 9
+        with memoryview(buf)[offset:offset + len(vector.data)] as view:
+            got = kernel.body_counts(view, vector.at_line_start)
+        assert got == (vector.lfs, vector.dots), offset
+
+
+def test_body_counts_agrees_with_encoder(kernel):
+    # What body_counts says the body adds is what the encoder adds.
+    for vector in BLAST:
+        if vector.partial:
+            continue
+        lfs, dots = kernel.body_counts(vector.stdin, True)
+        assert len(vector.encoded) == len(vector.stdin) + lfs + dots + 3
+
+
+SIMD_LENGTHS = [15, 16, 17, 31, 32, 33]
+
+
+@pytest.mark.parametrize("n", SIMD_LENGTHS)
+def test_body_counts_simd_boundaries(kernel, n):
+    """An LF, with or without a dot after it, at every position of n bytes.
+
+    The 16-byte blocks compare a block and the block one byte on; the
+    scalar tail takes what is left.  Every position is on one side or the
+    other of a boundary for some n.
+    """
+    cases = 0
+    for fill in (b"a", b".", b"\xae", b"\x8a", b"\r"):
+        for at_line_start in (True, False):
+            for p in range(n):
+                for dot_after in (False, True):
+                    data = bytearray(fill * n)
+                    data[p] = 10
+                    if dot_after and p + 1 < n:
+                        data[p + 1] = 46
+                    data = bytes(data)
+                    got = kernel.body_counts(data, at_line_start)
+                    assert got == counts_by_lines(data, at_line_start), data
+                    cases += 1
+            # LFs at every position, and LFs with dots at every other one.
+            for data in (b"\n" * n, (b"\n." * n)[:n], (b".\n" * n)[:n],
+                         (fill + b"\n") * (n // 2) + fill * (n % 2)):
+                got = kernel.body_counts(data, at_line_start)
+                assert got == counts_by_lines(data, at_line_start), data
+                cases += 1
+    assert cases == 5 * 2 * (2 * n + 4)
+
+
+@pytest.mark.parametrize("n", SIMD_LENGTHS)
+def test_body_counts_simd_every_lf_subset_of_a_block(kernel, n):
+    # Every set of LF positions in the first 16 bytes (2**16 of them would
+    # be slow: every set over bytes 8..16 plus dots after all of them).
+    base = bytearray(b"." * n)
+    for mask in range(1 << min(9, n - 7)):
+        data = bytearray(base)
+        for bit in range(min(9, n - 7)):
+            if mask >> bit & 1:
+                data[7 + bit] = 10
+        data = bytes(data)
+        assert kernel.body_counts(data, False) == counts_by_lines(data, False)
+
+
+def test_body_counts_large(kernel):
+    # A few MiB: mail-like text, then pathological all-LF and all-".\n".
+    text = text_chunk(3 * MiB)
+    assert kernel.body_counts(text, True) == counts_by_lines(text, True)
+    lfs = b"\n" * (3 * MiB + 5)
+    assert kernel.body_counts(lfs, True) == (3 * MiB + 5, 0)
+    dotted = b".\n" * (MiB + 3)
+    assert kernel.body_counts(dotted, True) == (MiB + 3, MiB + 3)
+    assert kernel.body_counts(dotted, False) == (MiB + 3, MiB + 2)
+    binary = bytes(range(256)) * (4 * MiB // 256)
+    # One LF in 256 bytes, followed by 0x0b: no dots.
+    assert kernel.body_counts(binary, True) == (4 * MiB // 256, 0)
+    block = bytearray(range(256))
+    block[11] = 46                      # every LF now followed by "."
+    dotted_binary = bytes(block) * (4 * MiB // 256)
+    assert kernel.body_counts(dotted_binary, False) == (4 * MiB // 256,
+                                                        4 * MiB // 256)
+    assert kernel.body_counts(binary, True) == counts_by_lines(binary, True)
+
+
+def test_body_counts_rejects_text(kernel):
+    with pytest.raises(TypeError):
+        kernel.body_counts("a\n.b\n", True)
+
+
+# --- Writer.chunk ----------------------------------------------------------
+
+def bdat(data, last):
+    """The oracle: the BDAT command, then every LF as CRLF."""
+    body = bytes(data).replace(b"\n", b"\r\n")
+    return b"BDAT %d%s\r\n" % (len(body), b" LAST" if last else b"") + body
+
+
+@pytest.mark.parametrize("vector", CHUNKS, ids=CHUNK_IDS)
+def test_chunk_oracle_matches_vectors(vector):
+    assert bdat(vector.data, vector.last) == vector.wire
+
+
+@pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview],
+                         ids=lambda t: t.__name__)
+@pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
+@pytest.mark.parametrize("vector", CHUNKS, ids=CHUNK_IDS)
+def test_chunk_vector(kernel, vector, size, wrap):
+    wire = Wire()
+    writer = kernel.Writer(wire) if size is None else kernel.Writer(wire,
+                                                                    size)
+    writer.chunk(wrap(vector.data), vector.last)
+    # Nothing is sent until flush, whatever the buffer size.
+    assert (wire.calls, writer.sent) == (0, 0)
+    assert writer.pending == len(vector.wire)
+    writer.flush()
+    assert bytes(wire.data) == vector.wire
+    assert (writer.pending, writer.sent) == (0, len(vector.wire))
+
+
+def test_chunk_last_is_a_flag(kernel):
+    # Any truthy value means LAST, any falsy one means not.
+    for last, word in ((1, b" LAST"), (0, b""), (True, b" LAST"),
+                       (False, b"")):
+        wire = Wire()
+        writer = kernel.Writer(wire)
+        writer.chunk(b"x\n", last)
+        writer.flush()
+        assert bytes(wire.data) == b"BDAT 3%s\r\nx\r\n" % word
+
+
+def test_chunk_after_commands_and_before_flush(kernel):
+    # The pipelined write: MAIL, RCPT and the whole message in one send.
+    wire = Wire()
+    writer = kernel.Writer(wire)
+    writer.write(b"MAIL FROM:<a@b>\r\n")
+    writer.write(b"RCPT TO:<c@d>\r\n")
+    writer.chunk(b"hi\n.\n", True)
+    assert wire.calls == 0
+    writer.flush()
+    assert wire.calls == 1
+    assert bytes(wire.data) == (b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n"
+                                b"BDAT 7 LAST\r\nhi\r\n.\r\n")
+
+
+def test_chunks_in_a_row(kernel):
+    wire = Wire()
+    writer = kernel.Writer(wire, 1024)
+    pieces = [b"a" * 3000 + b"\n", b"", b".\n" * 700, b"tail\n"]
+    for i, piece in enumerate(pieces):
+        writer.chunk(piece, i == len(pieces) - 1)
+    assert wire.calls == 0, "chunk() must not send, even past the size"
+    writer.flush()
+    assert bytes(wire.data) == b"".join(
+        bdat(p, i == len(pieces) - 1) for i, p in enumerate(pieces))
+
+
+def test_chunk_copies_its_input(kernel):
+    # The session's chunks are views of a buffer that is reused for the
+    # next one: chunk() must take the bytes at the call, not at flush.
+    wire = Wire()
+    writer = kernel.Writer(wire)
+    scratch = bytearray(b"one\ntwo\n")
+    with memoryview(scratch) as view:
+        writer.chunk(view, False)
+    scratch[:] = b"XXX\nXXX\n"
+    writer.chunk(scratch, True)
+    writer.flush()
+    assert bytes(wire.data) == (bdat(b"one\ntwo\n", False) +
+                                bdat(b"XXX\nXXX\n", True))
+
+
+def test_chunk_then_quit(kernel):
+    wire = Wire()
+    writer = kernel.Writer(wire)
+    writer.chunk(b"m\n", True)
+    writer.flush()
+    writer.write(b"QUIT\r\n")
+    writer.flush()
+    assert bytes(wire.data) == b"BDAT 3 LAST\r\nm\r\nQUIT\r\n"
+
+
+def test_chunk_leaves_the_body_state_alone(kernel):
+    # A BDAT chunk between DATA bodies of two messages changes nothing in
+    # the encoder's line state (a chunk ending mid-line, then a body).
+    wire = Wire()
+    writer = kernel.Writer(wire)
+    writer.chunk(b"mid-line", False)
+    writer.begin_body()
+    writer.body(b".x\n")
+    writer.end_body()
+    writer.flush()
+    assert bytes(wire.data) == b"BDAT 8\r\nmid-line" + b"..x\r\n.\r\n"
+
+
+@pytest.mark.parametrize("n", SIMD_LENGTHS)
+def test_chunk_lf_at_every_position(kernel, n):
+    for fill in (b"a", b".", b"\r", b"\x8a"):
+        for p in range(n):
+            data = bytearray(fill * n)
+            data[p] = 10
+            wire = Wire()
+            writer = kernel.Writer(wire)
+            writer.chunk(data, p % 2 == 0)
+            writer.flush()
+            assert bytes(wire.data) == bdat(data, p % 2 == 0)
+        wire = Wire()
+        writer = kernel.Writer(wire)
+        writer.chunk(b"\n" * n, True)
+        writer.flush()
+        assert bytes(wire.data) == bdat(b"\n" * n, True)
+
+
+def test_chunk_large(kernel):
+    wire = Wire()
+    writer = kernel.Writer(wire)
+    for data in (text_chunk(3 * MiB), b"\n" * (2 * MiB + 1),
+                 bytes(range(256)) * (MiB // 256)):
+        wire.data.clear()
+        writer.chunk(data, False)
+        writer.flush()
+        assert bytes(wire.data) == bdat(data, False)
+
+
+def test_chunk_send_error_propagates_at_flush(kernel):
+    def send(data):
+        raise ConnectionDied()
+
+    writer = kernel.Writer(send, 1024)
+    writer.chunk(b"y" * 5000 + b"\n", True)    # buffered: nothing sent yet
+    with pytest.raises(ConnectionDied):
+        writer.flush()
+
+
+def test_chunk_rejects_text(kernel):
+    writer = kernel.Writer(Wire())
+    with pytest.raises(TypeError):
+        writer.chunk("a\n", True)

@@ -139,3 +139,78 @@ def test_blast_by_lines_matches_transcription():
         assert partial == partial2
         assert wire == encoded if not partial else encoded.startswith(wire)
 
+
+
+# --- body_counts and Writer.chunk (ESMTP SIZE and BDAT) ---------------------
+
+from test_kernel import Wire, bdat, counts_by_lines  # noqa: E402
+
+
+def _counted(kernel, chunks, at_line_start=True):
+    """body_counts over *chunks*, the line state carried between them."""
+    lfs = dots = 0
+    for chunk in chunks:
+        a, b = kernel.body_counts(chunk, at_line_start)
+        lfs += a
+        dots += b
+        if chunk:
+            at_line_start = chunk[-1:] == b"\n"
+    return lfs, dots
+
+
+@PROPERTIES
+@given(message=MESSAGES, at_line_start=st.booleans(), data=st.data())
+def test_body_counts(kernel, message, at_line_start, data):
+    chunks = _split(message, data.draw)
+    got = _counted(kernel, chunks, at_line_start)
+    assert got == _counted(_fast_py, chunks, at_line_start)
+    assert got == counts_by_lines(message, at_line_start)
+    if at_line_start and message.endswith(b"\n"):
+        # SIZE in DATA mode: exactly what the encoder adds, minus ".\r\n".
+        encoded, _ = blast_by_lines(message)
+        assert len(message) + got[0] + got[1] == len(encoded) - 3
+
+
+# Short inputs around the 16-byte SIMD blocks, from the bytes that matter
+# and their 8-bit look-alikes.
+SIMD_INPUTS = st.integers(0, 50).flatmap(lambda n: st.lists(
+    st.sampled_from([b"\n", b".", b"a", b"\r", b"\x8a", b"\xae", b"\xff"]),
+    min_size=n, max_size=n).map(b"".join))
+
+
+@PROPERTIES
+@given(data=SIMD_INPUTS, at_line_start=st.booleans(),
+       offset=st.integers(0, 15))
+def test_body_counts_simd(kernel, data, at_line_start, offset):
+    # A view at any alignment, with LFs and dots on both sides of it that
+    # must not be counted.
+    padded = (b"\n." * 8)[:offset] + data + b"\n." * 8
+    with memoryview(padded)[offset:offset + len(data)] as view:
+        got = kernel.body_counts(view, at_line_start)
+    assert got == counts_by_lines(data, at_line_start)
+    assert got == _fast_py.body_counts(data, at_line_start)
+
+
+@PROPERTIES
+@given(message=MESSAGES, lasts=st.lists(st.booleans(), max_size=13),
+       commands=st.binary(max_size=40), size=SIZES, data=st.data())
+def test_writer_chunk(kernel, message, lasts, commands, size, data):
+    chunks = _split(message, data.draw)
+    lasts = (lasts + [False] * len(chunks))[:len(chunks)]
+    outputs = []
+    for k in (kernel, _fast_py):
+        wire = Wire()
+        writer = k.Writer(wire) if size is None else k.Writer(wire, size)
+        writer.write(commands)
+        for chunk, last in zip(chunks, lasts):
+            writer.chunk(chunk, last)
+        assert wire.calls == 0, "chunk() sent before flush()"
+        writer.flush()
+        assert writer.pending == 0 and writer.sent == len(wire.data)
+        outputs.append(bytes(wire.data))
+    assert outputs[0] == outputs[1]
+    assert outputs[0] == commands + b"".join(
+        bdat(c, last) for c, last in zip(chunks, lasts))
+    # No dot-stuffing: the body bytes are the message's, LF as CRLF.
+    body = b"".join(c.replace(b"\n", b"\r\n") for c in chunks)
+    assert body == message.replace(b"\n", b"\r\n")

@@ -10,7 +10,8 @@ buffer.  Plain data: the tests decide how to feed it.
 from typing import NamedTuple
 
 __all__ = ["BlastVector", "ReplyVector", "BLAST", "REPLIES", "PRINTED",
-           "PARTIAL_LINE_REPORT"]
+           "PARTIAL_LINE_REPORT", "CountVector", "COUNTS", "ChunkVector",
+           "CHUNKS"]
 
 # The message report for a partial final line (reference section 13).
 PARTIAL_LINE_REPORT = (b"DSMTP cannot transfer messages with partial final "
@@ -169,4 +170,108 @@ REPLIES = [
 # prints (NUL as "?", every other byte raw).  For the report module.
 PRINTED = [
     (b"250 ab\0c\xe9\x01d\n", b"250 ab?c\xe9\x01d\n"),
+]
+
+
+class CountVector(NamedTuple):
+    """``body_counts(data, at_line_start) == (lfs, dots)``.
+
+    *lfs* is the number of LFs (each gains a CR on the wire), *dots* the
+    number of dots that start a line (each is doubled in DATA mode); a dot
+    at ``data[0]`` starts a line only when *at_line_start*.  A dot right
+    after the chunk's last LF is the next chunk's ``data[0]``.
+    """
+
+    id: str
+    data: bytes
+    at_line_start: bool
+    lfs: int
+    dots: int
+
+
+COUNTS = [
+    CountVector("empty", b"", True, 0, 0),
+    CountVector("empty-mid-line", b"", False, 0, 0),
+    CountVector("no-lf", b"abc", True, 0, 0),
+    CountVector("only-lfs", b"\n\n\n", True, 3, 0),
+    CountVector("only-lfs-mid-line", b"\n\n\n", False, 3, 0),
+    CountVector("dot", b".", True, 0, 1),
+    CountVector("dot-mid-line", b".", False, 0, 0),
+    CountVector("dot-lines", b".\n..x\n.\n", True, 3, 3),
+    CountVector("dot-lines-mid-line", b".\n..x\n.\n", False, 3, 2),
+    CountVector("dotdot-counts-once", b"..\n", True, 1, 1),
+    CountVector("space-dot", b" .\n", True, 1, 0),
+    CountVector("lf-dot-at-end", b"a\n.", True, 1, 1),
+    CountVector("lf-dot-at-end-mid-line", b"a\n.", False, 1, 1),
+    # "\n." cut between two chunks: the LF in one, the dot in the next.
+    CountVector("boundary-lf-half", b"a\n", True, 1, 0),
+    CountVector("boundary-dot-half", b".b\n", True, 1, 1),
+    CountVector("boundary-dot-half-no-lf-before", b".b\n", False, 1, 0),
+    CountVector("lf-at-end", b"x\n", False, 1, 0),
+    # CR is no line end: a dot after it starts nothing, and it is counted
+    # as nothing.
+    CountVector("cr-dot", b"a\r.\r.", True, 0, 0),
+    CountVector("crlf-dot-crlf", b"\r\n.\r\n", True, 2, 1),
+    CountVector("crlf-lines", b"a\r\n.\r\nb\r\n", True, 3, 1),
+    CountVector("dot-cr", b".\r", True, 0, 1),
+    CountVector("bare-crs", b"\r\r\r", True, 0, 0),
+    # 8-bit bytes are not LF or dot, also with their high bit dropped
+    # (0x8a = 0x0a | 0x80, 0xae = 0x2e | 0x80): a signed compare would err.
+    CountVector("8bit", b"\xe9\n.\xff\n", True, 2, 1),
+    CountVector("8bit-lf-lookalike", b"\x8a\x8a.", False, 0, 0),
+    CountVector("8bit-dot-lookalike", b"\n\xae\n\xae", True, 2, 0),
+    CountVector("nul", b"\0\n.\0", True, 1, 1),
+    # Around the 16-byte SIMD blocks (a block is compared while 17 bytes
+    # remain: the dot after its last byte is looked at too).
+    CountVector("15-then-lf-dot", b"a" * 15 + b"\n.", True, 1, 1),
+    CountVector("16-then-lf-dot", b"a" * 16 + b"\n.", True, 1, 1),
+    CountVector("31-then-lf-dot", b"a" * 31 + b"\n.", True, 1, 1),
+    CountVector("32-then-lf-dot", b"a" * 32 + b"\n.", True, 1, 1),
+    CountVector("lf-dot-x20", b"\n." * 20, False, 20, 20),
+    CountVector("dot-lf-x20", b".\n" * 20, True, 20, 20),
+    CountVector("lfs-48", b"\n" * 48, True, 48, 0),
+    CountVector("dots-48", b"." * 48, True, 0, 1),
+]
+
+
+class ChunkVector(NamedTuple):
+    """``Writer.chunk(data, last)`` then ``flush()``: the bytes sent.
+
+    RFC 3030: ``BDAT <n>[ LAST]\r\n`` with n the size on the wire, then
+    *data* with every LF as CRLF, no dot-stuffing, no terminator, every
+    other byte (CR, NUL, 8-bit) as it is.
+    """
+
+    id: str
+    data: bytes
+    last: bool
+    wire: bytes
+
+
+CHUNKS = [
+    ChunkVector("empty", b"", False, b"BDAT 0\r\n"),
+    ChunkVector("empty-last", b"", True, b"BDAT 0 LAST\r\n"),
+    ChunkVector("no-lf", b"abc", False, b"BDAT 3\r\nabc"),
+    ChunkVector("lf", b"\n", True, b"BDAT 2 LAST\r\n\r\n"),
+    ChunkVector("only-lfs", b"\n\n\n", False, b"BDAT 6\r\n\r\n\r\n\r\n"),
+    ChunkVector("line", b"Subject: t\n\nhi\n", True,
+                b"BDAT 18 LAST\r\nSubject: t\r\n\r\nhi\r\n"),
+    # No dot-stuffing: a lone "." line is data in BDAT.
+    ChunkVector("dot-lines", b".\n..x\n.\n", True,
+                b"BDAT 11 LAST\r\n.\r\n..x\r\n.\r\n"),
+    ChunkVector("dot-first", b".", False, b"BDAT 1\r\n."),
+    ChunkVector("lf-dot-at-end", b"a\n.", False, b"BDAT 4\r\na\r\n."),
+    # CR bytes are left alone: CRLF in the message gains a CR, as in DATA.
+    ChunkVector("crlf", b"a\r\n", True, b"BDAT 4 LAST\r\na\r\r\n"),
+    ChunkVector("bare-cr", b"a\rb\r", False, b"BDAT 4\r\na\rb\r"),
+    ChunkVector("cr-cr-lf", b"\r\r\n", True, b"BDAT 4 LAST\r\n\r\r\r\n"),
+    ChunkVector("8bit", b"\xe9\x8a\xae\xff\n", True,
+                b"BDAT 6 LAST\r\n\xe9\x8a\xae\xff\r\n"),
+    ChunkVector("nul", b"a\0b\n", False, b"BDAT 5\r\na\0b\r\n"),
+    ChunkVector("smuggle", b"a\n.\r\n" + EVIL + b"\n", True,
+                b"BDAT 25 LAST\r\na\r\n.\r\r\n" + EVIL + b"\r\n"),
+    ChunkVector("bdat-lookalike", b"BDAT 0 LAST\n", False,
+                b"BDAT 13\r\nBDAT 0 LAST\r\n"),
+    ChunkVector("long-line-5000", b"x" * 5000 + b"\n", True,
+                b"BDAT 5002 LAST\r\n" + b"x" * 5000 + b"\r\n"),
 ]
