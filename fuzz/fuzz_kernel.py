@@ -2,7 +2,8 @@
 
 Every input is split into a body and a chunking; both kernels must produce
 identical bytes, identical sends and identical errors for the encoder, the
-writer and the reply reader.  Any difference or crash stops the run.
+writer, the reply reader, ``body_counts`` (the ESMTP SIZE figures) and
+``Writer.chunk`` (BDAT).  Any difference or crash stops the run.
 
     pip install atheris
     python fuzz/fuzz_kernel.py -max_total_time=60 -rss_limit_mb=2048
@@ -70,15 +71,49 @@ def _replies(kernel, chunks):
     return out
 
 
+def _counts(kernel, chunks, at_line_start):
+    # Per chunk, the line state carried as message.py carries it, and the
+    # same chunks as views at an odd offset of a larger buffer.
+    out = []
+    for chunk in chunks:
+        out.append(kernel.body_counts(chunk, at_line_start))
+        padded = b"\n." + chunk + b"\n."
+        with memoryview(padded)[2:2 + len(chunk)] as view:
+            out.append(kernel.body_counts(view, at_line_start))
+        if chunk:
+            at_line_start = chunk[-1] == 10
+    return out
+
+
+def _chunk(kernel, commands, chunks, size, lasts):
+    sent = []
+    writer = kernel.Writer(lambda view: sent.append(bytes(view)), size)
+    writer.write(commands)
+    for i, chunk in enumerate(chunks):
+        writer.chunk(chunk, lasts >> (i % 32) & 1)
+        sent.append(b"<%d>" % writer.pending)
+        if lasts >> ((i + 7) % 32) & 1:
+            writer.flush()
+    writer.flush()
+    sent.append(b"<%d>" % writer.sent)
+    return sent
+
+
 def one_input(data):
     fdp = atheris.FuzzedDataProvider(data)
     size = fdp.ConsumeIntInRange(1, 8192)
     commands = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 64))
+    at_line_start = fdp.ConsumeBool()
+    lasts = fdp.ConsumeIntInRange(0, (1 << 32) - 1)
     body = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 1 << 16))
     chunks = _chunks(fdp, body)
     for name, run in (("encoder", lambda k: _encode(k, chunks)),
                       ("writer", lambda k: _write(k, commands, chunks, size)),
-                      ("replies", lambda k: _replies(k, chunks))):
+                      ("replies", lambda k: _replies(k, chunks)),
+                      ("body_counts",
+                       lambda k: _counts(k, chunks, at_line_start)),
+                      ("chunk",
+                       lambda k: _chunk(k, commands, chunks, size, lasts))):
         compiled, pure = run(_fast), run(_fast_py)
         if compiled != pure:
             raise AssertionError(f"{name}: compiled and pure kernels differ "
