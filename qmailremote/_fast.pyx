@@ -23,6 +23,8 @@ cdef enum:
     C_HUGESMTPTEXT = 5000
     # The most reply text any read may keep (an EHLO reply's keywords).
     C_MAX_REPLY_TEXT = 65536
+    # Room for the longest "BDAT <n> LAST\r\n" (n has at most 19 digits).
+    C_BDAT_HEADER = 32
     # qmail-remote.c smtptobuf[1024]: netqmail's output buffer size.
     C_QMAIL_BLOCK = 1024
     # Input is encoded in slices of this size, so the output buffer needs at
@@ -381,24 +383,36 @@ cdef class Writer:
             PyBuffer_Release(&view)
 
     def chunk(self, data, bint last):
-        """Buffer one BDAT chunk: its command, then *data* with CRLF lines."""
+        """Buffer one BDAT chunk: its command, then *data* with CRLF lines.
+
+        One pass over *data*.  Its encoded size lies between n and 2n bytes;
+        when both have as many digits (a full 1 MiB chunk: 7), the command's
+        length is known first and the data is copied straight behind it.
+        Otherwise it is copied past room for the longest command, and the
+        just-written bytes, still in cache, are moved down to meet it.
+        """
         cdef Py_buffer view
-        cdef const unsigned char *src
         cdef unsigned char *dst
-        cdef Py_ssize_t lfs = 0
-        cdef Py_ssize_t dots = 0
+        cdef Py_ssize_t written
+        cdef Py_ssize_t gap = C_BDAT_HEADER
         cdef bytes header
+        cdef Py_ssize_t hlen
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            src = <const unsigned char *>view.buf
+            if view.len and len(str(view.len)) == len(str(2 * view.len)):
+                gap = 7 + len(str(view.len)) + (5 if last else 0)
+            dst = self._reserve(gap + 2 * view.len)
             with nogil:
-                qr_body_counts(src, view.len, &lfs, &dots)
-            header = b"BDAT %d%s\r\n" % (view.len + lfs, b" LAST" if last else b"")
-            dst = self._reserve(len(header) + view.len + lfs)
-            memcpy(dst + self._len, PyBytes_AS_STRING(header), <size_t>len(header))
-            self._len += len(header)
-            with nogil:
-                self._len += crlf_copy(src, view.len, dst + self._len)
+                written = crlf_copy(<const unsigned char *>view.buf, view.len,
+                                    dst + self._len + gap)
+            header = b"BDAT %d%s\r\n" % (written, b" LAST" if last else b"")
+            hlen = len(header)
+            memcpy(dst + self._len, PyBytes_AS_STRING(header), <size_t>hlen)
+            if hlen != gap:
+                with nogil:
+                    memmove(dst + self._len + hlen, dst + self._len + gap,
+                            <size_t>written)
+            self._len += hlen + written
         finally:
             PyBuffer_Release(&view)
 
