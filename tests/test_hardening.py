@@ -25,12 +25,16 @@ AMBIGUOUS = (b"DSorry. Although I'm listed as a best-preference MX or A for "
              b"treat it as local. (#5.4.6)\n\0")
 
 
-def run_command(args, home, stdin=b"hi\n", env=None, timeout=30, **kwargs):
-    """The installed command; (stdout, stderr, exit status)."""
+def run_command(args, home, stdin=b"hi\n", env=None, prefix=()):
+    """The installed command; (stdout, stderr, exit status).
+
+    *stdin* is bytes or a file; *prefix* goes before the command (prlimit).
+    """
     env = dict(os.environ if env is None else env)
     env["QMAILHOME"] = str(home)
-    done = subprocess.run([COMMAND, *args], input=stdin, capture_output=True,
-                          env=env, timeout=timeout, **kwargs)
+    feed = {"input": stdin} if isinstance(stdin, bytes) else {"stdin": stdin}
+    done = subprocess.run([*prefix, COMMAND, *args], capture_output=True,
+                          env=env, timeout=60, **feed)
     return done.stdout, done.stderr, done.returncode
 
 
@@ -198,3 +202,212 @@ def resource_hard_limit():
     import resource
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     return sys.maxsize if hard == resource.RLIM_INFINITY else hard
+
+
+# 4. Argument bytes reach the wire unchanged whatever the locale.
+
+# Locales whose codecs CPython gets wrong (GB18030, EUC-JP) or does not
+# have at all (ARMSCII-8, GEORGIAN-PS: "init_fs_encoding" without UTF-8
+# mode), as (locale, charmap).
+LOCALES = [("zh_CN", "GB18030"), ("ja_JP", "EUC-JP"), ("hy_AM", "ARMSCII-8"),
+           ("ka_GE", "GEORGIAN-PS")]
+LOCAL_PARTS = [b"x\xa6\xd9", "日本".encode(), "ß".encode(), "€".encode(),
+               "дмитрий".encode(), "josé".encode(), "ünïcödé".encode(),
+               "中文".encode(), "한국어".encode(), "ελληνικά".encode(),
+               b"\xff\xfe", b"\x80", b"a\xa1\xa1b", b"plain"]
+
+
+def _normal(name):
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def _locale_missing():
+    """Why locales cannot be built here, or None."""
+    if os.path.exists("/usr/share/i18n/charmaps/GB18030.gz") and \
+            subprocess.run(["sh", "-c", "command -v localedef"],
+                           capture_output=True).returncode == 0:
+        return None
+    if os.geteuid() == 0 and subprocess.run(
+            ["sh", "-c", "apt-get update -qq && apt-get install -y -qq "
+             "locales"], capture_output=True).returncode == 0:
+        return None
+    return "localedef and the charmaps (Debian: locales) are missing"
+
+
+@pytest.fixture(scope="session")
+def locale_envs():
+    """{name: environment selecting that locale}, building missing ones.
+
+    A locale missing from ``locale -a`` is compiled with localedef into a
+    cache directory that LOCPATH points to (GB18030 takes ~6 s, once).
+    """
+    listed = subprocess.run(["locale", "-a"], capture_output=True).stdout
+    have = {_normal(line.decode("ascii", "replace"))
+            for line in listed.split()}
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                         os.path.expanduser("~/.cache"),
+                         "qmailremote-tests", "locales")
+    envs = {}
+    for language, charmap in LOCALES:
+        name = f"{language}.{charmap}"
+        env = dict(os.environ, LC_ALL=name)
+        env.pop("LANG", None)
+        if _normal(name) not in have:
+            if not os.path.exists(os.path.join(cache, name, "LC_CTYPE")):
+                reason = _locale_missing()
+                if reason:
+                    pytest.skip(reason)
+                os.makedirs(cache, exist_ok=True)
+                subprocess.run(["localedef", "--no-archive", "-c", "-i",
+                                language, "-f", charmap,
+                                os.path.join(cache, name)],
+                               capture_output=True)
+            env["LOCPATH"] = cache
+        check = subprocess.run(["locale", "charmap"], env=env,
+                               capture_output=True)
+        assert check.stdout.strip() == charmap.encode(), (name, check)
+        envs[name] = env
+    return envs
+
+
+@pytest.mark.parametrize("name", [f"{lang}.{cmap}" for lang, cmap in LOCALES])
+def test_argument_bytes_under_locale(home, locale_envs, name):
+    from qmailremote.delivery import mangle
+    host = b"h\xa6\xd9\xff.example"
+    sender = "ß€@sender.example".encode()
+    recipients = [part + b"@dest.example" for part in LOCAL_PARTS]
+    script = smtp_script(rcpts=[b"250 ok\r\n"] * len(recipients))
+    with ScriptedServer(script) as srv:
+        route_to(home, srv.port, host + b":127.0.0.1:%d\n" % srv.port)
+        out, err, status = run_command(
+            [os.fsdecode(arg) for arg in (host, sender, *recipients)], home,
+            env=locale_envs[name])
+        srv.wait_done()
+    assert (status, err) == (0, b"")
+    assert out.endswith(b"K127.0.0.1 accepted message.\n"
+                        b"Remote host said: 250 ok queued\n\0"), out
+    lines = srv.records[0].lines
+    assert lines[1] == b"MAIL FROM:<" + mangle(sender) + b">\r\n"
+    assert lines[2:2 + len(recipients)] == [
+        b"RCPT TO:<" + mangle(r) + b">\r\n" for r in recipients]
+
+
+# 5. PYTHON* variables in qmail's environment have no effect.
+
+# The issue's variables, and others that change start-up or output; the
+# PYTHONPATH directory holds a struct.py that breaks any import of struct.
+PYTHON_VARIABLES = {
+    "PYTHONHOME": "/x", "PYTHONHASHSEED": "x", "PYTHONUTF8": "yes",
+    "PYTHONMALLOC": "x", "PYTHONINTMAXSTRDIGITS": "x", "PYTHONVERBOSE": "1",
+    "PYTHONPROFILEIMPORTTIME": "1", "PYTHONPATH": None, "PYTHONSTARTUP": "/x",
+    "PYTHONWARNINGS": "error", "PYTHONDEVMODE": "1", "PYTHONIOENCODING": "x",
+    "PYTHONPLATLIBDIR": "x", "PYTHONTRACEMALLOC": "5", "PYTHONINSPECT": "1"}
+
+
+@pytest.mark.parametrize("variable", sorted(PYTHON_VARIABLES) + ["all"])
+def test_python_variables_ignored(home, tmp_path, variable):
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "struct.py").write_text("raise ImportError('shadowed')\n")
+    variables = dict(PYTHON_VARIABLES, PYTHONPATH=str(shadow))
+    if variable != "all":
+        variables = {variable: variables[variable]}
+    with ScriptedServer(smtp_script()) as srv:
+        route_to(home, srv.port)
+        out, err, status = run_command(["example.com", "a@b", "c@d"], home,
+                                       env=dict(os.environ, **variables))
+        srv.wait_done()
+    assert (status, err) == (0, b"")
+    assert out.startswith(b"r\0K127.0.0.1 accepted message.\n")
+
+
+# 6. SIGINT at any point of start-up: a report and exit 0, or death by
+# SIGINT (qmail-rspawn: "qmail-remote crashed.", retried); never exit 1.
+
+def test_sigint_during_start_up(home):
+    import random
+    import signal
+    import time
+    outcomes = set()
+    for _ in range(60):
+        proc = subprocess.Popen(
+            [COMMAND, "[127.0.0.1]", "a@b", "c@d"], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=dict(os.environ, QMAILHOME=str(home)))
+        delay = random.uniform(0, 0.025)  # spread over the whole start-up
+        if delay > 0.001:
+            time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert err == b""
+        if proc.returncode == -signal.SIGINT:
+            outcomes.add("killed")
+        else:
+            assert (proc.returncode, out) == (0, AMBIGUOUS)
+            outcomes.add("finished")
+    assert "killed" in outcomes
+
+
+def test_sigint_ignored_by_parent_stays_ignored(home):
+    import signal
+    done = subprocess.run(
+        [COMMAND, "[127.0.0.1]", "a@b", "c@d"], stdin=subprocess.DEVNULL,
+        capture_output=True, env=dict(os.environ, QMAILHOME=str(home)),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (0, AMBIGUOUS, b"")
+
+
+# 7. Tight resource limits: a report and exit 0 at any limit (below the
+# floor, the floor's report), a whole delivery at the floor.
+
+MEMORY_FLOOR = 32 << 20   # setup.py MEMORY_FLOOR_MB
+NOFILE_FLOOR = 8          # setup.py NOFILE_FLOOR
+
+
+def prlimited(args, home, limits, stdin=b"hi\n"):
+    """The command under prlimit, which sets the limits, then execs it."""
+    options = [f"--{name}={value}" for name, value in limits.items()]
+    return run_command(args, home, stdin=stdin, prefix=["prlimit", *options])
+
+
+@pytest.mark.parametrize("limits", [
+    {"as": 10240 << 10},      # ulimit -v 10240
+    {"data": 10240 << 10},    # ulimit -d 10240
+    {"nofile": 4},            # ulimit -n 4
+    {"nofile": 0},
+    {"as": 1 << 20, "nofile": 3},
+], ids=["v10240", "d10240", "n4", "n0", "v1024-n3"])
+def test_below_the_floor_is_a_report(home, limits):
+    out, err, status = prlimited(["[127.0.0.1]", "a@b", "c@d"], home, limits)
+    assert (status, err) == (0, b"")
+    assert out.startswith(b"Zqmail-remote (qmailremote) needs a ")
+    assert out.endswith(b". (#4.3.0)\n\0") and out.count(b"\0") == 1
+
+
+@pytest.mark.parametrize("limits", [
+    {"as": MEMORY_FLOOR, "data": MEMORY_FLOOR, "nofile": NOFILE_FLOOR}])
+@pytest.mark.parametrize("size", [1000, 12 << 20])
+def test_delivery_at_the_floor(home, tmp_path, limits, size):
+    message = tmp_path / "message"
+    message.write_bytes((b"y" * 75 + b"\n") * (size // 76 + 1))
+    with ScriptedServer(smtp_script()) as srv:
+        route_to(home, srv.port)
+        with open(message, "rb") as stdin:
+            out, err, status = prlimited(["example.com", "a@b", "c@d"], home,
+                                         limits, stdin=stdin)
+        srv.wait_done()
+    assert (status, err) == (0, b"")
+    assert out.startswith(b"r\0K127.0.0.1 accepted message.\n")
+
+
+def test_limits_sweep_never_exit_1(home):
+    for limits in ([{"as": mib << 20} for mib in (1, 2, 4, 8, 12, 16, 24,
+                                                  31, 32, 48)] +
+                   [{"data": mib << 20} for mib in (1, 4, 8, 16, 31, 32)] +
+                   [{"nofile": n} for n in range(0, 12)]):
+        out, err, status = prlimited(["[127.0.0.1]", "a@b", "c@d"], home,
+                                     limits)
+        assert (status, err) == (0, b""), limits
+        assert out == AMBIGUOUS or out.startswith(
+            b"Zqmail-remote (qmailremote) needs a "), (limits, out)
