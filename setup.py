@@ -56,7 +56,9 @@ class BuildLauncher(build_scripts):
         from distutils.ccompiler import new_compiler
         from distutils.sysconfig import customize_compiler
 
-        compiler = new_compiler()
+        # force: the macros name this interpreter, which an object left in
+        # build/ by another environment's build would not.
+        compiler = new_compiler(force=True)
         customize_compiler(compiler)
         build_temp = self.get_finalized_command("build").build_temp
         macros = [

@@ -8,7 +8,11 @@ interpreter, runs interleaved, medians reported:
   (lo up, the test DNS server on 127.0.0.1:53, a sink on 127.0.0.2:25,
   resolv.conf bind-mounted), so the real resolver path runs.
 
-    python benchmarks/startup.py [--runs 40]
+    python benchmarks/startup.py [--runs 40] [--compare OTHER-QMAIL-REMOTE]
+
+``--compare`` times another installed ``qmail-remote`` (e.g. one built
+from an older commit, in its own virtual environment) in the same
+interleaved runs, as "compared".
 
 Targets (issue 3): at most 15 ms over the baseline for the route, 40 ms
 with the MX lookup.
@@ -72,38 +76,40 @@ def table(title, medians):
         print(f"  {name:<22} {median * 1000:7.1f} ms{extra}")
 
 
-def route_case(runs):
+def route_case(runs, other=None):
     sys.path.insert(0, HERE)
     from sink import Sink
     with Sink() as sink:
         home = home_with(f":127.0.0.1:{sink.port}\n")
         try:
             env = dict(os.environ, QMAILHOME=home)
-            return measure({
-                "baseline": (BASELINE, env),
-                "ip-literal route": ([command(), "example.com", "a@b.example",
-                                      "c@example.com"], env),
-            }, runs)
+            args = ["example.com", "a@b.example", "c@example.com"]
+            cases = {"baseline": (BASELINE, env),
+                     "ip-literal route": ([command(), *args], env)}
+            if other:
+                cases["compared"] = ([other, *args], env)
+            return measure(cases, runs)
         finally:
             shutil.rmtree(home)
 
 
-def mx_case_inside(runs):
+def mx_case_inside(runs, other=None):
     """Runs inside the namespace: the MX path through /etc/resolv.conf."""
     home = home_with()
     try:
         env = dict(os.environ, QMAILHOME=home)
-        medians = measure({
-            "baseline": (BASELINE, env),
-            "MX lookup": ([command(), "mx.bench", "a@b.example",
-                           "c@mx.bench"], env),
-        }, runs)
+        args = ["mx.bench", "a@b.example", "c@mx.bench"]
+        cases = {"baseline": (BASELINE, env),
+                 "MX lookup": ([command(), *args], env)}
+        if other:
+            cases["compared"] = ([other, *args], env)
+        medians = measure(cases, runs)
     finally:
         shutil.rmtree(home)
     print(json.dumps(medians))
 
 
-def mx_case(runs):
+def mx_case(runs, other=None):
     sys.path.insert(0, os.path.join(HERE, os.pardir, "tests"))
     from netns import netns_unavailable, run_in_netns
     reason = netns_unavailable()
@@ -112,7 +118,8 @@ def mx_case(runs):
         return None
     result = run_in_netns({
         "command": [sys.executable, os.path.abspath(__file__), "--inside",
-                    "--runs", str(runs)],
+                    "--runs", str(runs)] +
+                   (["--compare", other] if other else []),
         "timeout": 600,
         "zone": {"mx.bench": {"MX": "10 mx1.bench."},
                  "mx1.bench": {"A": "127.0.0.2"}},
@@ -126,16 +133,20 @@ def mx_case(runs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--compare", metavar="COMMAND",
+                        help="another qmail-remote to time alongside")
     parser.add_argument("--inside", action="store_true",
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:
-        mx_case_inside(args.runs)
+        mx_case_inside(args.runs, args.compare)
         return
     print(f"python: {sys.executable} {sys.version.split()[0]}; "
           f"{args.runs} runs each, interleaved; medians")
-    table("1 KB delivery through an IP-literal route", route_case(args.runs))
-    medians = mx_case(args.runs)
+    other = os.path.abspath(args.compare) if args.compare else None
+    table("1 KB delivery through an IP-literal route",
+          route_case(args.runs, other))
+    medians = mx_case(args.runs, other)
     if medians:
         table("1 KB delivery with an MX lookup (private network namespace)",
               medians)
