@@ -27,7 +27,8 @@ AMBIGUOUS = (b"DSorry. Although I'm listed as a best-preference MX or A for "
              b"treat it as local. (#5.4.6)\n\0")
 
 
-def run_command(args, home, stdin=b"hi\n", env=None, prefix=()):
+def run_command(args, home, stdin=b"hi\n", env=None, prefix=(),
+                command=(COMMAND,)):
     """The installed command; (stdout, stderr, exit status).
 
     *stdin* is bytes or a file; *prefix* goes before the command (prlimit).
@@ -35,7 +36,7 @@ def run_command(args, home, stdin=b"hi\n", env=None, prefix=()):
     env = dict(os.environ if env is None else env)
     env["QMAILHOME"] = str(home)
     feed = {"input": stdin} if isinstance(stdin, bytes) else {"stdin": stdin}
-    done = subprocess.run([*prefix, COMMAND, *args], capture_output=True,
+    done = subprocess.run([*prefix, *command, *args], capture_output=True,
                           env=env, timeout=60, **feed)
     return done.stdout, done.stderr, done.returncode
 
@@ -266,8 +267,17 @@ def locale_envs():
     return envs
 
 
-@pytest.mark.parametrize("name", [f"{lang}.{cmap}" for lang, cmap in LOCALES])
-def test_argument_bytes_under_locale(home, locale_envs, name):
+# python -m qmailremote has no UTF-8 mode: cli reads /proc/self/cmdline.
+# (Python cannot start at all under the other two without UTF-8 mode.)
+MODULE = (sys.executable, "-m", "qmailremote")
+
+
+@pytest.mark.parametrize("name, command", [
+    *[(f"{lang}.{cmap}", (COMMAND,)) for lang, cmap in LOCALES],
+    ("zh_CN.GB18030", MODULE), ("ja_JP.EUC-JP", MODULE)],
+    ids=lambda value: "module" if value == MODULE else
+    "command" if isinstance(value, tuple) else value)
+def test_argument_bytes_under_locale(home, locale_envs, name, command):
     from qmailremote.delivery import mangle
     host = b"h\xa6\xd9\xff.example"
     sender = "ß€@sender.example".encode()
@@ -277,7 +287,7 @@ def test_argument_bytes_under_locale(home, locale_envs, name):
                                     port),
         args=[os.fsdecode(arg) for arg in (host, sender, *recipients)],
         script=smtp_script(rcpts=[b"250 ok\r\n"] * len(recipients)),
-        env=locale_envs[name])
+        env=locale_envs[name], command=command)
     assert (status, err) == (0, b"")
     assert out.endswith(b"K127.0.0.1 accepted message.\n"
                         b"Remote host said: 250 ok queued\n\0"), out
@@ -322,7 +332,10 @@ def test_sigint_during_start_up(home):
         proc = subprocess.Popen(
             [COMMAND, "[127.0.0.1]", "a@b", "c@d"], stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=dict(os.environ, QMAILHOME=str(home)))
+            env=dict(os.environ, QMAILHOME=str(home)),
+            # The default disposition, even when the suite itself runs with
+            # SIGINT ignored (a background job of a non-interactive shell).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         delay = random.uniform(0, 0.025)  # spread over the whole start-up
         if delay > 0.001:
             time.sleep(delay)
