@@ -11,7 +11,11 @@ interpreter, runs interleaved, medians reported:
   (lo up, the test DNS server on 127.0.0.1:53, a sink on 127.0.0.2:25,
   resolv.conf bind-mounted), so the real resolver path runs.
 
-    python benchmarks/startup.py [--runs 40]
+    python benchmarks/startup.py [--runs 40] [--compare OTHER-QMAIL-REMOTE]
+
+``--compare`` times another installed ``qmail-remote`` (e.g. one built
+from an older commit, in its own virtual environment) in the same
+interleaved runs, as "compared".
 
 The message is a regular file on stdin, as qmail-rspawn gives it.
 Targets (issue 3): at most 15 ms over the baseline for the route, 40 ms
@@ -79,7 +83,7 @@ def table(title, medians):
         print(f"  {name:<22} {median * 1000:7.1f} ms{extra}")
 
 
-def route_case(runs):
+def route_case(runs, other=None):
     sys.path.insert(0, HERE)
     from sink import Sink
     with Sink(size=0, pipelining=True, chunking=True) as sink:
@@ -88,33 +92,36 @@ def route_case(runs):
         open(os.path.join(classic, "control", "noesmtp"), "w").close()
         try:
             env = dict(os.environ, QMAILHOME=home)
-            argv = [command(), "example.com", "a@b.example", "c@example.com"]
-            return measure({
-                "baseline": (BASELINE, env),
-                "route, noesmtp": (argv, dict(env, QMAILHOME=classic)),
-                "route, ESMTP": (argv, env),
-            }, runs)
+            args = ["example.com", "a@b.example", "c@example.com"]
+            cases = {"baseline": (BASELINE, env),
+                     "route, noesmtp": ([command(), *args],
+                                        dict(env, QMAILHOME=classic)),
+                     "route, ESMTP": ([command(), *args], env)}
+            if other:
+                cases["compared"] = ([other, *args], env)
+            return measure(cases, runs)
         finally:
             shutil.rmtree(home)
             shutil.rmtree(classic)
 
 
-def mx_case_inside(runs):
+def mx_case_inside(runs, other=None):
     """Runs inside the namespace: the MX path through /etc/resolv.conf."""
     home = home_with()
     try:
         env = dict(os.environ, QMAILHOME=home)
-        medians = measure({
-            "baseline": (BASELINE, env),
-            "MX lookup": ([command(), "mx.bench", "a@b.example",
-                           "c@mx.bench"], env),
-        }, runs)
+        args = ["mx.bench", "a@b.example", "c@mx.bench"]
+        cases = {"baseline": (BASELINE, env),
+                 "MX lookup": ([command(), *args], env)}
+        if other:
+            cases["compared"] = ([other, *args], env)
+        medians = measure(cases, runs)
     finally:
         shutil.rmtree(home)
     print(json.dumps(medians))
 
 
-def mx_case(runs):
+def mx_case(runs, other=None):
     sys.path.insert(0, os.path.join(HERE, os.pardir, "tests"))
     from netns import netns_unavailable, run_in_netns
     reason = netns_unavailable()
@@ -123,7 +130,8 @@ def mx_case(runs):
         return None
     result = run_in_netns({
         "command": [sys.executable, os.path.abspath(__file__), "--inside",
-                    "--runs", str(runs)],
+                    "--runs", str(runs)] +
+                   (["--compare", other] if other else []),
         "timeout": 600,
         "zone": {"mx.bench": {"MX": "10 mx1.bench."},
                  "mx1.bench": {"A": "127.0.0.2"}},
@@ -137,25 +145,27 @@ def mx_case(runs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--compare", metavar="COMMAND",
+                        help="another qmail-remote to time alongside")
     parser.add_argument("--inside", action="store_true",
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:
-        mx_case_inside(args.runs)
+        mx_case_inside(args.runs, args.compare)
         return
     print(f"python: {sys.executable} {sys.version.split()[0]}; "
           f"{args.runs} runs each, interleaved; medians")
     if sys.dont_write_bytecode or os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        # Then a module with no .pyc yet (esmtp.py, capabilities.py in a
-        # fresh editable checkout) is compiled from source at every run,
-        # 1-3 ms each here, which an installed package never pays.
-        print("note: PYTHONDONTWRITEBYTECODE is set: modules without a .pyc "
-              "are compiled at every run; to measure an installed package, "
-              "run with PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=DIR")
-    medians = route_case(args.runs)
+        # The launcher starts Python with -I, which ignores this variable;
+        # a plain console script would compile modules with no .pyc yet
+        # (esmtp.py, capabilities.py in a fresh checkout) at every run.
+        print("note: PYTHONDONTWRITEBYTECODE is set; the launcher (-I) "
+              "ignores it, a plain console script would not")
+    other = os.path.abspath(args.compare) if args.compare else None
+    medians = route_case(args.runs, other)
     table("1 KB delivery through an IP-literal route", medians)
     print(f"  ESMTP - noesmtp: {(medians['route, ESMTP'] - medians['route, noesmtp']) * 1000:+.1f} ms (target: within 2 ms)")
-    medians = mx_case(args.runs)
+    medians = mx_case(args.runs, other)
     if medians:
         table("1 KB delivery with an MX lookup (private network namespace)",
               medians)

@@ -16,7 +16,8 @@ import os
 from .report import TEMP_CHDIR, TEMP_CONTROL, Failure
 
 __all__ = ["DEFAULT_HOME", "Controls", "open_home", "read_controls",
-           "parse_int", "strip_trailing", "route_entries"]
+           "parse_int", "strip_trailing", "route_entries",
+           "read_nonblocking", "scan_ulong"]
 
 DEFAULT_HOME = "/var/qmail"
 
@@ -62,6 +63,30 @@ def strip_trailing(line):
     return line.rstrip(b"\n \t")
 
 
+# scan.c scan_ulong accumulates in an unsigned long: the value modulo
+# 2**64.  10**64 = 2**64 * 5**64, so each digit before the last 64 adds a
+# multiple of 2**64, and the last 64 digits alone give the same value
+# modulo 2**64, hence modulo every 2**k, k <= 64: control_readint's int,
+# timeoutconn's port modulo 65536, ip_scan's byte.  int() of 64 digits is
+# far below CPython's int-to-str digit limit (4300 by default, 640 at
+# least), which a longer string would hit (ValueError).
+_ULONG_DIGITS = 64
+_ULONG_MASK = (1 << 64) - 1
+
+
+def scan_ulong(text, pos=0):
+    """scan.c ``scan_ulong``: (value modulo 2**64, end) of the digits at *pos*.
+
+    With no digit at *pos* the value is 0 and the end is *pos*.
+    """
+    end = pos
+    while end < len(text) and 48 <= text[end] <= 57:
+        end += 1
+    if end == pos:
+        return 0, pos
+    return int(text[max(pos, end - _ULONG_DIGITS):end]) & _ULONG_MASK, end
+
+
 def parse_int(line, default):
     """control.c ``control_readint`` on a first line.
 
@@ -71,12 +96,10 @@ def parse_int(line, default):
     """
     if line is None:
         return default
-    end = 0
-    while end < len(line) and 48 <= line[end] <= 57:
-        end += 1
+    value, end = scan_ulong(line)
     if not end:
         return default
-    value = int(line[:end]) & 0xFFFFFFFF
+    value &= 0xFFFFFFFF
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
@@ -99,18 +122,16 @@ def route_entries(data):
     return entries
 
 
-def _read(home_fd, name, whole):
-    """Bytes of control/<name>; None when it does not exist.
+def read_nonblocking(path, dir_fd=None, whole=True):
+    """The bytes of *path* (up to a read holding a LF unless *whole*).
 
-    Any error but ENOENT (a directory, no permission...) is fatal.
+    The file is opened non-blocking, as netqmail's open_read (O_NDELAY)
+    opens control files: a FIFO with no writer reads as empty instead of
+    blocking the delivery for ever, and one with a writer but no data yet
+    fails (EAGAIN).  Raises OSError.
     """
-    try:
-        fd = os.open("control/" + name, os.O_RDONLY | os.O_CLOEXEC,
-                     dir_fd=home_fd)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        raise Failure(TEMP_CONTROL) from None
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC,
+                 dir_fd=dir_fd)
     try:
         chunks = []
         while True:
@@ -120,12 +141,22 @@ def _read(home_fd, name, whole):
             chunks.append(chunk)
             if not whole and b"\n" in chunk:
                 break
-        data = b"".join(chunks)
-    except OSError:
-        raise Failure(TEMP_CONTROL) from None
+        return b"".join(chunks)
     finally:
         os.close(fd)
-    return data
+
+
+def _read(home_fd, name, whole):
+    """Bytes of control/<name>; None when it does not exist.
+
+    Any error but ENOENT (a directory, no permission...) is fatal.
+    """
+    try:
+        return read_nonblocking("control/" + name, home_fd, whole)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        raise Failure(TEMP_CONTROL) from None
 
 
 def _exists(home_fd, name):

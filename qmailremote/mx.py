@@ -28,6 +28,8 @@ try:
 except ImportError:  # not CPython
     import socket
 
+from .control import read_nonblocking, scan_ulong
+
 __all__ = ["SOFT", "HARD", "Resolver", "ip_literal", "ip_text",
            "name_to_wire", "name_from_wire",
            "lookup_ip", "lookup_mx", "canonicalise", "ipme"]
@@ -53,13 +55,6 @@ _RESOLV_CONF = "/etc/resolv.conf"
 CNAME_ROUNDS = 10
 
 
-def _scan_ulong(text, pos):
-    end = pos
-    while end < len(text) and 48 <= text[end] <= 57:
-        end += 1
-    return end
-
-
 def _scan_quad(text, pos):
     """ip.c ``ip_scan``: 4 bytes and the end offset, or None."""
     parts = []
@@ -68,10 +63,10 @@ def _scan_quad(text, pos):
             if pos >= len(text) or text[pos] != 46:  # '.'
                 return None
             pos += 1
-        end = _scan_ulong(text, pos)
+        value, end = scan_ulong(text, pos)
         if end == pos:
             return None
-        parts.append(int(text[pos:end]) % 256)
+        parts.append(value % 256)
         pos = end
     return bytes(parts), pos
 
@@ -120,9 +115,11 @@ class Resolver:
         servers = []
         timeout, attempts = _DEFAULT_TIMEOUT, _DEFAULT_ATTEMPTS
         try:
-            with open(path, "rb") as conf:
-                lines = conf.read().splitlines()
-        except OSError:
+            # Non-blocking: a FIFO with no writer is read as empty (the
+            # defaults) instead of hanging the delivery, where glibc's
+            # fopen would block.
+            lines = read_nonblocking(path).splitlines()
+        except (OSError, ValueError):
             lines = []
         for line in lines:
             words = line.split()
@@ -135,9 +132,9 @@ class Resolver:
                 for option in words[1:]:
                     name, _, value = option.partition(b":")
                     if name == b"timeout" and value.isdigit():
-                        timeout = min(int(value), _MAX_TIMEOUT)
+                        timeout = _capped(value, _MAX_TIMEOUT)
                     elif name == b"attempts" and value.isdigit():
-                        attempts = min(int(value), _MAX_ATTEMPTS)
+                        attempts = _capped(value, _MAX_ATTEMPTS)
         return cls(servers, timeout, max(attempts, 1))
 
     def query(self, qname, qtype):
@@ -168,6 +165,17 @@ class Resolver:
                     return HARD  # NXDOMAIN, NODATA, FORMERR, others
                 return answer
         return SOFT
+
+
+def _capped(digits, cap):
+    """min(int(digits), cap) without int() on thousands of digits.
+
+    A number with more significant digits than *cap* is larger than it.
+    """
+    digits = digits.lstrip(b"0")
+    if len(digits) > len(str(cap)):
+        return cap
+    return min(int(digits or b"0"), cap)
 
 
 def _is_address(text):

@@ -6,6 +6,8 @@ that starts at a ``.`` (longest first), then the empty key.  The first key
 found ends the search; an empty value means "use MX as usual".
 """
 
+from .control import scan_ulong
+
 __all__ = ["Route", "build_table", "find_route"]
 
 SMTP_PORT = 25
@@ -38,10 +40,7 @@ def build_table(entries):
 
 def _scan_port(text):
     """scan_ulong of the port, as timeoutconn uses it: modulo 65536."""
-    end = 0
-    while end < len(text) and 48 <= text[end] <= 57:
-        end += 1
-    return int(text[:end]) % 65536 if end else 0
+    return scan_ulong(text)[0] % 65536
 
 
 def find_route(table, host):

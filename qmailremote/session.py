@@ -37,6 +37,25 @@ def connect(ip, port, timeout):
 
     Raises Failure(TEMP_OSERR) when no socket can be made.
     """
+    import time  # already loaded by mx; local to keep this change in connect
+
+    def _writable(sock, timeout):
+        # timeoutconn's select(), through poll(): select() cannot watch a
+        # descriptor >= FD_SETSIZE (1024), which a bulk sender holding many
+        # files open reaches.  Any event (POLLOUT, POLLERR, POLLHUP) ends
+        # the wait, as select() reports each as writable.  poll() takes a
+        # C int of milliseconds, so a longer timeout waits in slices.
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            ms = max(0, min(int(left * 1000) + (left > 0), (1 << 31) - 1))
+            if poller.poll(ms):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
     try:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     except OSError:
@@ -48,7 +67,7 @@ def connect(ip, port, timeout):
         if err in (errno.EINPROGRESS, errno.EWOULDBLOCK):
             if timeout < 0:
                 err = errno.EINVAL  # select() rejects a negative timeout
-            elif not select.select([], [sock], [], timeout)[1]:
+            elif not _writable(sock, timeout):
                 err = errno.ETIMEDOUT  # the connect attempt goes on
             else:
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

@@ -2,12 +2,15 @@
 
 Each parser is checked on random bytes against a byte-at-a-time
 transcription of the netqmail routine it mirrors (control.c, constmap.c,
-ip.c, quote.c); none of them may raise.
+ip.c, quote.c); none of them may raise.  Digit runs longer than CPython's
+int-to-str limit (4300 digits) are checked against an unbounded reference.
 """
+
+import sys
 
 from hypothesis import given, settings, strategies as st
 
-from qmailremote.control import parse_int, route_entries
+from qmailremote.control import parse_int, route_entries, scan_ulong
 from qmailremote.delivery import mangle
 from qmailremote.mx import ip_literal
 from qmailremote.routes import build_table, find_route
@@ -148,3 +151,46 @@ def test_mangle(address):
             quoted += bytes([ch])
         box = quoted + b'"'
     assert mangle(address) == box + b"@" + address[at + 1:]
+
+
+# Digit runs from none to ~8000 digits: beyond CPython's default limit of
+# 4300 digits for int(), with zero padding and junk around them.
+long_digits = st.tuples(st.text("0123456789", min_size=1, max_size=100),
+                        st.integers(1, 80)).map(
+    lambda t: (t[0] * t[1]).encode())
+around = st.sampled_from([b"", b"x", b".", b":", b" 7", b"\n"])
+
+
+def unbounded_int(digits):
+    """int() of any length: the reference, computed without the limit."""
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        return int(digits)
+    finally:
+        sys.set_int_max_str_digits(limit)
+
+
+@SETTINGS
+@given(around, long_digits, around, st.integers(0, 2))
+def test_scan_ulong_long_runs(before, digits, after, pad):
+    text = before + b"0" * pad + digits + after
+    pos = len(before)
+    value, end = scan_ulong(text, pos)
+    assert end == pos + pad + len(digits)
+    assert value == unbounded_int(digits) % (1 << 64)
+    assert scan_ulong(text, len(text)) == (0, len(text))
+
+
+@SETTINGS
+@given(long_digits, around)
+def test_long_numbers_do_not_raise(digits, after):
+    reference = unbounded_int(digits)
+    wrapped = reference % (1 << 32)
+    assert parse_int(digits + after, 1200) == (
+        wrapped - (1 << 32) if wrapped >= 1 << 31 else wrapped)
+    route = find_route(build_table([b":relay:" + digits + after]), b"h")
+    assert route.port == reference % 65536
+    assert ip_literal(b"1.2.3." + digits) == bytes([1, 2, 3,
+                                                   reference % 256])
+    assert ip_literal(digits) is None
