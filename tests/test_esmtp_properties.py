@@ -16,8 +16,8 @@ never waited for a reply it had not asked for.
 import re
 
 import pytest
-from hypothesis import (HealthCheck, currently_in_test_context, assume, event, example, given,
-                        settings)
+from hypothesis import (HealthCheck, assume, currently_in_test_context,
+                        event, example, given, settings)
 from hypothesis import strategies as st
 
 from fakesmtp import DROP, Cut, FakeSocket, Script, goes_ahead
@@ -250,8 +250,10 @@ def check_received(fake, message, out):
     mail_line = fake.mail_line
     expected = message.replace(b"\n", b"\r\n")
     if fake.data_done:
-        body = b"".join(line[1:] if line[:1] == b"." else line
-                        for line in fake.data_wire.splitlines(True))
+        # Lines end at LF only (a CR alone is data): unstuff each line.
+        lines = bytes(fake.data_wire).split(b"\n")
+        body = b"\n".join(line[1:] if line[:1] == b"." else line
+                          for line in lines)
         assert body == expected
         wire = len(fake.data_wire)
     elif fake.bdat_last:
