@@ -943,3 +943,26 @@ def test_chunk_rejects_text(kernel):
     writer = kernel.Writer(Wire())
     with pytest.raises(TypeError):
         writer.chunk("a\n", True)
+
+
+# Chunk lengths where the wire size (between n and 2n) may or may not have
+# as many digits as n: the BDAT command's length is then known before the
+# data is copied, or not.
+DIGIT_EDGES = [1, 4, 5, 9, 10, 49, 50, 99, 100, 499, 500, 999, 1000, 4999,
+               5000, 9999, 10000, 49999, 50000, 99999, 100000, 499999,
+               500000, 999999, 1000000, MiB]
+
+
+@pytest.mark.parametrize("n", DIGIT_EDGES)
+def test_chunk_command_digits(kernel, n):
+    for data in (b"a" * n, b"\n" * n, (b"a\n" * n)[:n], (b"\n" * 9 + b"x") *
+                 (n // 10) + b"\n" * (n % 10)):
+        for last in (False, True):
+            wire = Wire()
+            writer = kernel.Writer(wire)
+            writer.write(b"RCPT TO:<a@b>\r\n")
+            writer.chunk(data, last)
+            writer.chunk(b"\n", False)     # the next chunk lands right after
+            writer.flush()
+            assert bytes(wire.data) == (b"RCPT TO:<a@b>\r\n" + bdat(data, last)
+                                        + bdat(b"\n", False))
