@@ -1,7 +1,7 @@
 """What an ESMTP server says it can do: the keywords of its EHLO reply.
 
-The reply text is the one :class:`ReplyReader` stored (CR dropped, at most
-5000 bytes): one line per ``250-``/``250 `` line, the first of which names
+The reply text is the one :class:`ReplyReader` stored (CR dropped, up to
+``MAX_REPLY_TEXT`` bytes, far more than a report keeps): one line per ``250-``/``250 `` line, the first of which names
 the server.  Keywords are matched case-insensitively, and ``=`` is accepted
 in place of the space before the parameters, as qmail-tls accepts it for
 the broken ``AUTH=LOGIN`` lines some servers still send.  The session reads
@@ -48,9 +48,6 @@ class Capabilities:
             keyword = line[:cut].upper()
             keywords.setdefault(keyword, line[cut + 1:].strip(b" \t"))
         return cls(keywords)
-
-    def __contains__(self, keyword):
-        return keyword in self.keywords
 
     @property
     def size_offered(self):

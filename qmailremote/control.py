@@ -5,10 +5,11 @@ netqmail ``chdir``s to its home and reads ``control/me``,
 and ``control/smtproutes``, in that order (``getcontrols``; reference
 section 4).  After them, two files of ours are looked at for their
 existence only: ``control/noesmtp`` (netqmail 1.06's dialogue: HELO, no
-extension) and ``control/nochunking`` (ESMTP without BDAT).  Here the home is opened as a directory descriptor instead of
-being made the working directory, so that the :func:`qmailremote.deliver`
-API leaves the caller's process alone; every path is still resolved
-relative to the home, as netqmail's are.
+extension) and ``control/nochunking`` (ESMTP without BDAT).  Here the home
+is opened as a directory descriptor instead of being made the working
+directory, so that the :func:`qmailremote.deliver` API leaves the
+caller's process alone; every path is still resolved relative to the
+home, as netqmail's are.
 """
 
 import os

@@ -93,7 +93,7 @@ def dialogue(session, helohost, sender, recipients, message, chunking=True):
         if bdat:
             return _bdat_body(session, message, survey, 1)
         session.data_reply(session.command(b"DATA\r\n"))
-        return _data_body(session, message)
+        return session.body_and_final(message)
 
     early = None
     if bdat and survey is not None and survey.complete and \
@@ -122,14 +122,7 @@ def dialogue(session, helohost, sender, recipients, message, chunking=True):
     if bdat:
         return _bdat_body(session, message, survey, WINDOW)
     session.data_reply(session.read())
-    return _data_body(session, message)
-
-
-def _data_body(session, message):
-    report = session.data_body(message)
-    if report is not None:
-        return report
-    session.final_reply(session.read())
+    return session.body_and_final(message)
 
 
 def _read_small(message):

@@ -12,6 +12,7 @@ temporary failure) and 3 (a failed QUIT leaves the verdict alone) apply.
 
 import errno
 import select
+import time
 
 try:
     # The C module under `socket`: the same calls without socket.py's enum
@@ -32,30 +33,31 @@ __all__ = ["connect", "Session", "classic"]
 _REPLY_READ = 1 << 16
 
 
+def _writable(sock, timeout):
+    """timeoutconn's select() for writing, through poll().
+
+    select() cannot watch a descriptor >= FD_SETSIZE (1024), which a bulk
+    sender holding many files open reaches.  Any event (POLLOUT, POLLERR,
+    POLLHUP) ends the wait, as select() reports each as writable.  poll()
+    takes a C int of milliseconds, so a longer timeout waits in slices.
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        ms = max(0, min(int(left * 1000) + (left > 0), (1 << 31) - 1))
+        if poller.poll(ms):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
 def connect(ip, port, timeout):
     """timeoutconn(): (socket, None) on success, else (None, timed_out).
 
     Raises Failure(TEMP_OSERR) when no socket can be made.
     """
-    import time  # already loaded by mx; local to keep this change in connect
-
-    def _writable(sock, timeout):
-        # timeoutconn's select(), through poll(): select() cannot watch a
-        # descriptor >= FD_SETSIZE (1024), which a bulk sender holding many
-        # files open reaches.  Any event (POLLOUT, POLLERR, POLLHUP) ends
-        # the wait, as select() reports each as writable.  poll() takes a
-        # C int of milliseconds, so a longer timeout waits in slices.
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            ms = max(0, min(int(left * 1000) + (left > 0), (1 << 31) - 1))
-            if poller.poll(ms):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-
     try:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     except OSError:
@@ -280,6 +282,16 @@ class Session:
         writer.flush()
         return None
 
+    def body_and_final(self, message):
+        """The DATA body, then the final reply (a verdict is raised).
+
+        Returns a report when the body cannot be sent (no QUIT follows).
+        """
+        report = self.data_body(message)
+        if report is not None:
+            return report
+        self.final_reply(self.read())
+
     def quit(self):
         """Write QUIT, never read its reply; a failure changes nothing."""
         try:
@@ -300,7 +312,4 @@ def classic(session, helohost, sender, recipients, message):
     if not session.accepted_any:
         session.give_up()
     session.data_reply(session.command(b"DATA\r\n"))
-    report = session.data_body(message)
-    if report is not None:
-        return report
-    session.final_reply(session.read())
+    return session.body_and_final(message)
