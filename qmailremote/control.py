@@ -18,7 +18,8 @@ from .report import TEMP_CHDIR, TEMP_CONTROL, Failure
 
 __all__ = ["DEFAULT_HOME", "Controls", "open_home", "read_controls",
            "parse_int", "strip_trailing", "route_entries",
-           "read_nonblocking", "scan_ulong"]
+           "read_nonblocking", "scan_ulong", "read_control",
+           "control_exists", "first_line"]
 
 DEFAULT_HOME = "/var/qmail"
 
@@ -147,7 +148,7 @@ def read_nonblocking(path, dir_fd=None, whole=True):
         os.close(fd)
 
 
-def _read(home_fd, name, whole):
+def read_control(home_fd, name, whole=True):
     """Bytes of control/<name>; None when it does not exist.
 
     Any error but ENOENT (a directory, no permission...) is fatal.
@@ -160,7 +161,7 @@ def _read(home_fd, name, whole):
         raise Failure(TEMP_CONTROL) from None
 
 
-def _exists(home_fd, name):
+def control_exists(home_fd, name):
     """Whether control/<name> exists (any type, any content)."""
     try:
         os.stat("control/" + name, dir_fd=home_fd)
@@ -171,8 +172,8 @@ def _exists(home_fd, name):
     return True
 
 
-def _first_line(home_fd, name):
-    data = _read(home_fd, name, whole=False)
+def first_line(home_fd, name):
+    data = read_control(home_fd, name, whole=False)
     if data is None:
         return None
     return strip_trailing(data.split(b"\n", 1)[0])
@@ -180,20 +181,20 @@ def _first_line(home_fd, name):
 
 def read_controls(home_fd):
     """Read the control files in netqmail's order; raise Failure on error."""
-    me = _first_line(home_fd, "me")
-    timeoutremote = _first_line(home_fd, "timeoutremote")
-    timeoutconnect = _first_line(home_fd, "timeoutconnect")
-    helohost = _first_line(home_fd, "helohost")
+    me = first_line(home_fd, "me")
+    timeoutremote = first_line(home_fd, "timeoutremote")
+    timeoutconnect = first_line(home_fd, "timeoutconnect")
+    helohost = first_line(home_fd, "helohost")
     if helohost is None:
         if me is None:
             raise Failure(TEMP_CONTROL)
         helohost = me
-    routes = _read(home_fd, "smtproutes", whole=True)
+    routes = read_control(home_fd, "smtproutes", whole=True)
     return Controls(
         helohost=helohost,
         timeoutremote=parse_int(timeoutremote, 1200),
         timeoutconnect=parse_int(timeoutconnect, 60),
         routes=route_entries(routes) if routes else (),
-        esmtp=not _exists(home_fd, "noesmtp"),
-        chunking=not _exists(home_fd, "nochunking"),
+        esmtp=not control_exists(home_fd, "noesmtp"),
+        chunking=not control_exists(home_fd, "nochunking"),
     )

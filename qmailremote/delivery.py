@@ -12,7 +12,7 @@ import os
 from .control import open_home, read_controls
 from .report import (PERM_AMBIGMX, PERM_CRLF, PERM_NOMX, PERM_USAGE,
                      TEMP_DNS, TEMP_DNSCANON, TEMP_NOCONN, TEMP_NOMEM,
-                     TEMP_OSERR, Failure, Result, perm_dns)
+                     TEMP_OSERR, Failure, Report, Result, perm_dns)
 from .routes import SMTP_PORT, build_table, find_route
 
 __all__ = ["deliver", "quote", "mangle"]
@@ -107,16 +107,17 @@ def _addresses(route, host, resolver_of):
 
 
 def _candidates(addresses, me, route, all_aliases):
-    """The "listed as MX" rule: the addresses worth trying, in order."""
+    """The "listed as MX" rule: the (ip, name) pairs to try, in order."""
     prefme = _PREFME_NOT_ME
-    for ip, pref in addresses:
+    for ip, pref, _ in addresses:
         if ip in me and pref < prefme:
             prefme = pref
     if route is not None:
         prefme = _PREFME_RELAY
     if all_aliases:
         prefme = _PREFME_ALL_ALIASES
-    candidates = [ip for ip, pref in addresses if pref < prefme]
+    candidates = [(ip, name) for ip, pref, name in addresses
+                  if pref < prefme]
     if not candidates:
         raise Failure(PERM_AMBIGMX)
     return candidates
@@ -126,6 +127,7 @@ def _run(host, sender, recipients, message, home, resolver):
     from .mx import Resolver, ip_text, ipme
     from .session import Session, classic, connect
     from .tcpto import TcpTo
+    from .tls import TlsControls
 
     if not recipients:
         raise Failure(PERM_USAGE)
@@ -161,9 +163,11 @@ def _run(host, sender, recipients, message, home, resolver):
         addresses = _addresses(route, host, resolver_of)
         port = route.port if route is not None else SMTP_PORT
         tcpto = TcpTo(home_fd)
-        for ip in _candidates(addresses, me, route, all_aliases):
+        tls = TlsControls(home_fd) if controls.esmtp else None
+        for ip, name in _candidates(addresses, me, route, all_aliases):
             if tcpto.skip(ip):
                 continue
+            starter = tls.starter(name, port) if tls is not None else None
             sock, timed_out = connect(ip, port, controls.timeoutconnect)
             if sock is None:
                 tcpto.update(ip, timed_out)
@@ -174,8 +178,21 @@ def _run(host, sender, recipients, message, home, resolver):
                 return session.run(classic, controls.helohost, sender,
                                    recipients, message)
             from .esmtp import dialogue
-            return session.run(dialogue, controls.helohost, sender,
-                               recipients, message, controls.chunking)
+            args = (controls.helohost, sender, recipients, message,
+                    controls.chunking)
+            result = session.run(dialogue, *args, starter)
+            if starter is not None and starter.fell_back:
+                # The opportunistic handshake failed: once more, in clear.
+                sock, timed_out = connect(ip, port, controls.timeoutconnect)
+                if sock is None:
+                    tcpto.update(ip, timed_out)
+                    continue
+                session = Session(sock, ip_text(ip), controls.timeoutremote)
+                return session.run(dialogue, *args, None)
+            if starter is not None and result.accepted:
+                result.message = Report("K", result.message.text +
+                                        starter.report_line())
+            return result
         raise Failure(TEMP_NOCONN)
     finally:
         os.close(home_fd)

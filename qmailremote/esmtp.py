@@ -1,7 +1,9 @@
 """The default dialogue: ESMTP, with the extensions the server offers.
 
-EHLO (HELO on the same connection when EHLO is not answered 250), then, by
-what the server advertised (:mod:`qmailremote.capabilities`):
+EHLO (HELO on the same connection when EHLO is not answered 250), TLS as
+:mod:`qmailremote.tls` decides (STARTTLS, then EHLO again; or SMTPS on
+port 465), then, by what the server advertised
+(:mod:`qmailremote.capabilities`):
 
 * SIZE (RFC 1870): ``SIZE=`` the body's exact size on the wire (CRLF
   lines, without the stuffed dots and the terminator that RFC 1870 leaves
@@ -28,7 +30,7 @@ from .message import Message
 from .report import (PERM_PARTIALLINE, TEMP_READ, perm_size, perm_smtputf8,
                      stage_report)
 
-__all__ = ["dialogue", "hello", "needs_smtputf8"]
+__all__ = ["dialogue", "ehlo", "hello", "needs_smtputf8"]
 
 # A message up to this size rides as ``BDAT n LAST`` in the same write as
 # MAIL and RCPT, when the server offers PIPELINING and CHUNKING.
@@ -39,13 +41,8 @@ EARLY_BDAT = 64 << 10
 WINDOW = 32
 
 
-def hello(session, helohost):
-    """EHLO, then HELO on the same connection when EHLO is not 250.
-
-    Returns the server's :class:`Capabilities` (none after HELO).  A
-    rejected HELO is 1.06's "my name was rejected".  STARTTLS sends EHLO
-    again through this function.
-    """
+def ehlo(session, helohost):
+    """EHLO: the server's :class:`Capabilities`, None when not 250."""
     session.write(b"EHLO ", helohost, b"\r\n")
     session.flush()
     # More text than a report keeps: a keyword must not be lost (or a SIZE
@@ -53,8 +50,42 @@ def hello(session, helohost):
     code, text, digits = session.read(MAX_REPLY_TEXT)
     if code == 250 and digits:
         return Capabilities.from_ehlo(text, len(text) >= MAX_REPLY_TEXT)
-    session.helo(helohost)
-    return NONE
+    return None
+
+
+def hello(session, helohost):
+    """EHLO, then HELO on the same connection when EHLO is not 250.
+
+    Returns the server's :class:`Capabilities` (none after HELO).  A
+    rejected HELO is 1.06's "my name was rejected".  After STARTTLS, EHLO
+    is sent again through this function.
+    """
+    caps = ehlo(session, helohost)
+    if caps is None:
+        session.helo(helohost)
+        return NONE
+    return caps
+
+
+def _open(session, helohost, tls):
+    """Greeting, EHLO (or HELO), and TLS when *tls* says: the capabilities.
+
+    *tls* is a :class:`qmailremote.tls.Starter` or None (no TLS).  With
+    STARTTLS, the capabilities are those of the EHLO sent after it.
+    """
+    if tls is not None and tls.implicit:
+        tls.start_implicit(session)
+        session.greeting(b"TLS Connected to ")
+        return hello(session, helohost)
+    session.greeting()
+    caps = ehlo(session, helohost)
+    # A mandatory TLS host is refused before HELO, as qmail-tls does.
+    if tls is not None and tls.after_ehlo(session, caps):
+        return hello(session, helohost)
+    if caps is None:
+        session.helo(helohost)
+        return NONE
+    return caps
 
 
 def needs_smtputf8(sender, recipients, survey):
@@ -64,10 +95,14 @@ def needs_smtputf8(sender, recipients, survey):
     return survey is not None and survey.utf8_header
 
 
-def dialogue(session, helohost, sender, recipients, message, chunking=True):
-    """One ESMTP delivery on *session*; returns a report or raises one."""
-    session.greeting()
-    caps = hello(session, helohost)
+def dialogue(session, helohost, sender, recipients, message, chunking=True,
+             tls=None):
+    """One ESMTP delivery on *session*; returns a report or raises one.
+
+    *tls* is the connection's :class:`qmailremote.tls.Starter` (None: no
+    TLS).
+    """
+    caps = _open(session, helohost, tls)
     survey = message.survey(count=caps.size_offered)
     utf8 = needs_smtputf8(sender, recipients, survey)
     if utf8 and not caps.smtputf8:

@@ -403,14 +403,14 @@ def _resolve(resolver, name, qtype):
         return SOFT
 
 
-def _find_ips(answers, pref, out):
+def _find_ips(answers, pref, name, out):
     """findip(T_A) over a whole answer; SOFT or None."""
     try:
         for rrtype, pos, rdlength in answers:
             if rrtype == T_A:
                 if rdlength < 4 or pos + 4 > len(answers.wire):
                     return SOFT
-                out.append((answers.wire[pos:pos + 4], pref))
+                out.append((answers.wire[pos:pos + 4], pref, name))
     except ValueError:
         return SOFT
     return None
@@ -424,16 +424,16 @@ def _lookup_a(resolver, name, pref, out):
     """
     literal = ip_literal(name)
     if literal is not None:
-        out.append((literal, 0))
+        out.append((literal, 0, None))
         return None
     answers = _resolve(resolver, name, T_A)
     if answers in (HARD, SOFT):
         return answers
-    return _find_ips(answers, pref, out)
+    return _find_ips(answers, pref, name, out)
 
 
 def lookup_ip(resolver, name):
-    """dns_ip: the relay's addresses, all preference 0; or SOFT/HARD."""
+    """dns_ip: the relay's [(ip, 0, name)] (as lookup_mx); or SOFT/HARD."""
     out = []
     status = _lookup_a(resolver, name, 0, out)
     return status or out
@@ -464,13 +464,17 @@ def _mx_order(found):
 
 
 def lookup_mx(resolver, host):
-    """dns_mxip: (addresses, soft) with addresses as [(ip, pref)].
+    """dns_mxip: (addresses, soft) with addresses as [(ip, pref, name)].
+
+    *name* is the host name the address was found for (the MX, or *host*
+    itself when it has no MX): qmail-tls's ``fqdn``, the key of the TLS
+    policy files.  It is None for an IP literal.
 
     Returns SOFT or HARD when the lookup as a whole failed.
     """
     literal = ip_literal(host)
     if literal is not None:
-        return [(literal, 0)], False
+        return [(literal, 0, None)], False
     answers = _resolve(resolver, host, T_MX)
     if answers == SOFT:
         return SOFT

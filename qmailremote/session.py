@@ -93,22 +93,30 @@ class _Channel:
 
     A timeout of 0 means "do not wait"; a negative one makes every
     operation fail, as netqmail's select() with a negative timeout does.
+    After STARTTLS the bytes go through the TLS object (:meth:`switch`).
     """
 
     def __init__(self, sock, timeout):
         self._sock = sock
-        self._usable = timeout >= 0
-        if self._usable:
+        self._write = sock.send
+        self._read = sock.recv
+        self.usable = timeout >= 0
+        if self.usable:
             sock.settimeout(timeout)
 
+    def switch(self, transport):
+        """Send and receive through *transport*'s ``write`` and ``read``."""
+        self._write = transport.write
+        self._read = transport.read
+
     def send(self, data):
-        if not self._usable:
+        if not self.usable:
             raise ConnectionDied()
         sent = 0
         try:
             with memoryview(data) as view:
                 while sent < len(view):
-                    sent += self._sock.send(view[sent:])
+                    sent += self._write(view[sent:])
         except OSError:
             raise ConnectionDied() from None
 
@@ -121,10 +129,10 @@ class _Channel:
             return True
 
     def recv(self):
-        if not self._usable:
+        if not self.usable:
             raise ConnectionDied()
         try:
-            return self._sock.recv(_REPLY_READ)
+            return self._read(_REPLY_READ)
         except OSError:
             raise ConnectionDied() from None
 
@@ -132,9 +140,10 @@ class _Channel:
 class _Verdict(Exception):
     """A stage ended the conversation with a message report (quit())."""
 
-    def __init__(self, report):
+    def __init__(self, report, quit=True):
         super().__init__(report)
         self.report = report
+        self.quit = quit
 
 
 class Session:
@@ -148,7 +157,7 @@ class Session:
     """
 
     def __init__(self, sock, ip_text, timeout):
-        self._sock = sock
+        self.sock = sock
         self.ip = ip_text
         self.channel = channel = _Channel(sock, timeout)
         self.writer = Writer(channel.send)
@@ -163,7 +172,8 @@ class Session:
                 report = dialogue(self, *args)
             except _Verdict as verdict:
                 report = verdict.report
-                self.quit()
+                if verdict.quit:
+                    self.quit()
             except ConnectionDied:
                 report = dropped(self.ip, self.critical)
             except MemoryError:
@@ -173,7 +183,7 @@ class Session:
                 raise Failure(internal_error(self.critical),
                               self.recipients) from None
         finally:
-            self._sock.close()
+            self.sock.close()
         return Result(self.recipients, report)
 
     # -- commands and replies -------------------------------------------
@@ -195,11 +205,24 @@ class Session:
         self.flush()
         return self.read()
 
+    def switch(self, transport):
+        """STARTTLS: every later byte goes through *transport*.
+
+        Replies the server sent before it (in plaintext, after the reply
+        that started TLS) are dropped unread: they could be an attacker's.
+        """
+        self.channel.switch(transport)
+        self._replies = ReplyReader(self.channel.recv)
+
     # -- verdicts ---------------------------------------------------------
 
     def stop(self, report):
         """End the dialogue with *report*: ``QUIT`` is written, not read."""
         raise _Verdict(report)
+
+    def abort(self, report):
+        """End the dialogue with *report*, the connection unusable: no QUIT."""
+        raise _Verdict(report, quit=False)
 
     def verdict(self, reply, prepend, append):
         """MAIL, DATA and final replies: D at 5xx, Z at 4xx (and non-digit)."""
@@ -209,10 +232,10 @@ class Session:
         if code >= 500:
             self.stop(stage_report("D", prepend, self.ip, append, text))
 
-    def greeting(self):
+    def greeting(self, prepend=b"Connected to "):
         code, text, digits = self.read()
         if code != 220 or not digits:
-            self.stop(stage_report("Z", b"Connected to ", self.ip,
+            self.stop(stage_report("Z", prepend, self.ip,
                                    b" but greeting failed", text))
 
     def helo(self, helohost):

@@ -16,8 +16,23 @@ import pytest
 from dnsserver import (DNSServer, ancount_too_large, bad_compression,
                        bad_rdlength_a, bad_rdlength_mx, cut_short)
 from qmailremote.delivery import deliver
-from qmailremote.mx import (HARD, SOFT, Resolver, canonicalise, ip_literal,
-                            ipme, lookup_ip, lookup_mx)
+from qmailremote import mx
+from qmailremote.mx import HARD, SOFT, Resolver, canonicalise, ip_literal, ipme
+
+
+def lookup_mx(resolver, host):
+    """mx.lookup_mx with (ip, pref) pairs: most tests look at no name."""
+    found = mx.lookup_mx(resolver, host)
+    if found in (HARD, SOFT):
+        return found
+    return [(address, pref) for address, pref, _ in found[0]], found[1]
+
+
+def lookup_ip(resolver, name):
+    found = mx.lookup_ip(resolver, name)
+    if found in (HARD, SOFT):
+        return found
+    return [(address, pref) for address, pref, _ in found]
 
 
 def ip(text):
@@ -487,6 +502,41 @@ def test_63_byte_label_is_queried(srv, res):
 
 
 # ---------------------------------------------------------------------------
+# The host names kept beside the addresses (the TLS policy's key)
+
+def test_mx_addresses_carry_the_mx_name(srv, res):
+    srv.add("mx.example", "MX", "20 b.example.", "10 a.example.")
+    srv.add("a.example", "A", "127.0.0.12")
+    srv.add("b.example", "A", "127.0.0.21", "127.0.0.22")
+    assert mx.lookup_mx(res, b"mx.example") == ([
+        (ip("127.0.0.12"), 10, b"a.example"),
+        (ip("127.0.0.21"), 20, b"b.example"),
+        (ip("127.0.0.22"), 20, b"b.example"),
+    ], False)
+
+
+def test_no_mx_addresses_carry_the_host_name(srv, res):
+    srv.add("aonly.example", "A", "127.0.0.9")
+    assert mx.lookup_mx(res, b"aonly.example") == (
+        [(ip("127.0.0.9"), 0, b"aonly.example")], False)
+
+
+def test_literals_carry_no_name(srv, res):
+    srv.add("mx.example", "MX", "10 127.0.0.7.")
+    assert mx.lookup_mx(res, b"[127.0.0.3]") == (
+        [(ip("127.0.0.3"), 0, None)], False)
+    assert mx.lookup_ip(res, b"[127.0.0.2]") == [(ip("127.0.0.2"), 0, None)]
+    # dns_ipplus gives a literal preference 0, even as an MX target.
+    assert mx.lookup_mx(res, b"mx.example") == (
+        [(ip("127.0.0.7"), 0, None)], False)
+
+
+def test_relay_addresses_carry_the_relay_name(srv, res):
+    srv.add("relay.example", "A", "127.0.0.3")
+    assert mx.lookup_ip(res, b"relay.example") == [
+        (ip("127.0.0.3"), 0, b"relay.example")]
+
+
 # lookup_ip: the relay
 
 def test_lookup_ip_asks_a_only(srv, res):
