@@ -33,6 +33,12 @@ __all__ = ["connect", "Session", "classic"]
 _REPLY_READ = 1 << 16
 
 
+class _TcpSocket(socket.socket):
+    """The C socket, with the weak reference slot TLS (``_ssl``) needs."""
+
+    __slots__ = ("__weakref__",)
+
+
 def _writable(sock, timeout):
     """timeoutconn's select() for writing, through poll().
 
@@ -59,7 +65,7 @@ def connect(ip, port, timeout):
     Raises Failure(TEMP_OSERR) when no socket can be made.
     """
     try:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = _TcpSocket(socket.AF_INET, socket.SOCK_STREAM)
     except OSError:
         raise Failure(TEMP_OSERR) from None
     address = (socket.inet_ntoa(ip), port)

@@ -164,11 +164,10 @@ class TlsControls:
         else:
             name_key = name
         if name_key is not None:
-            pem = b"tlshosts/" + name_key + b".pem"
-            if control_exists(self._home_fd, os.fsdecode(pem)):
+            pem = self._find(b"tlshosts/", name_key, b".pem")
+            if pem is not None:
                 return Starter(self, name, MUST, b"control/" + pem, implicit)
-            if control_exists(self._home_fd,
-                              os.fsdecode(b"notlshosts/" + name_key)):
+            if self._find(b"notlshosts/", name_key, b"") is not None:
                 return Starter(self, name, MAY, None, True) if implicit \
                     else None
             if self.verify:
@@ -177,6 +176,14 @@ class TlsControls:
             if self.exhaustive and not implicit:
                 return None
         return Starter(self, name, MAY, None, implicit)
+
+    def _find(self, folder, name, suffix):
+        """control/<folder><name><suffix> as the name is, else lower-case."""
+        for key in dict.fromkeys((name, name.lower())):
+            path = folder + key + suffix
+            if control_exists(self._home_fd, os.fsdecode(path)):
+                return path
+        return None
 
     def context(self, ca_label):
         """An SSL context: verifying against *ca_label*'s CAs, or not."""
@@ -192,9 +199,8 @@ class TlsControls:
             ctx.set_ciphers(self.ciphers or "DEFAULT")
         except (ssl.SSLError, ValueError) as exc:
             if self.ciphers and isinstance(exc, ssl.SSLError):
-                raise _SetupError(b"TLS error initializing ctx: "
-                                  b"control/tlsclientciphers",
-                                  exc) from None
+                raise _SetupError(b"TLS unable to use "
+                                  b"control/tlsclientciphers", exc) from None
             raise _SetupError(b"TLS error initializing ctx", exc) from None
         if ca_label is None:
             ctx.verify_mode = ssl.CERT_NONE

@@ -802,6 +802,10 @@ class Message:
     helo: str | None
     #: Index of the connection (into ``TeeSMTPServer.raw``).
     connection: int
+    #: The TLS version the message came under; None in plaintext.
+    tls: str | None = None
+    #: The client certificate the server verified (getpeercert()), if any.
+    client_cert: dict | None = None
 
 
 class _Handler:
@@ -830,6 +834,7 @@ class _Handler:
 
     async def handle_DATA(self, smtp, session, envelope):
         srv = self.server
+        tls = smtp.transport.get_extra_info("ssl_object")
         msg = Message(
             mail_from=envelope.mail_from,
             rcpt_tos=list(envelope.rcpt_tos),
@@ -837,6 +842,8 @@ class _Handler:
             peer=session.peer,
             helo=session.host_name,
             connection=smtp._tee_index,
+            tls=tls.version() if tls is not None else None,
+            client_cert=(tls.getpeercert() or None) if tls is not None else None,
         )
         # Recorded before the reply goes out: once the client has read the
         # final reply, the message is in srv.messages.
@@ -889,6 +896,11 @@ class TeeSMTPServer:
     body lines (default 1 GiB, i.e. no limit that matters).
     *data_size_limit* (default None: no limit, no ``SIZE`` keyword) is
     aiosmtpd's: advertised as ``SIZE n`` in the EHLO reply and enforced.
+    *tls_context* offers STARTTLS with that server context; *ssl_context*
+    makes every connection TLS from its first byte (SMTPS).  Either way
+    ``raw`` holds the bytes as the server read them after decryption, and
+    each ``Message.tls`` is the TLS version the message came under (None in
+    plaintext).
 
     Caveats, from aiosmtpd: ``Message.mail_from`` / ``rcpt_tos`` are parsed
     addresses, not wire bytes (``<>`` stays ``"<>"``, ``a b@c`` becomes
@@ -910,6 +922,8 @@ class TeeSMTPServer:
         enable_SMTPUTF8: bool = True,
         timeout: float = 60.0,
         data_size_limit: int | None = None,
+        tls_context=None,
+        ssl_context=None,
     ):
         self.host = "127.0.0.1"
         self.port = 0
@@ -922,6 +936,10 @@ class TeeSMTPServer:
         self.enable_SMTPUTF8 = enable_SMTPUTF8
         self.timeout = timeout
         self.data_size_limit = data_size_limit
+        # STARTTLS (aiosmtpd's tls_context) and implicit TLS (the whole
+        # connection, as on port 465): ssl.SSLContext objects or None.
+        self.tls_context = tls_context
+        self.ssl_context = ssl_context
         self.messages: list[Message] = []
         self.closed = 0
         self._chunks: list[list[bytes]] = []
@@ -962,6 +980,8 @@ class TeeSMTPServer:
             ident="TeeSMTPServer",
             timeout=self.timeout,
             loop=self._loop,
+            tls_context=self.tls_context,
+            require_starttls=False,
         )
 
     # -- lifecycle ---------------------------------------------------------
@@ -987,7 +1007,8 @@ class TeeSMTPServer:
         self._loop = loop
         try:
             asyncio.set_event_loop(loop)
-            self._server = loop.run_until_complete(loop.create_server(self._factory, sock=sock))
+            self._server = loop.run_until_complete(loop.create_server(
+                self._factory, sock=sock, ssl=self.ssl_context))
         except BaseException as e:
             self._error = e
             sock.close()
