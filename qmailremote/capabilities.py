@@ -4,9 +4,9 @@ The reply text is the one :class:`ReplyReader` stored (CR dropped, up to
 ``MAX_REPLY_TEXT`` bytes, far more than a report keeps): one line per ``250-``/``250 `` line, the first of which names
 the server.  Keywords are matched case-insensitively, and ``=`` is accepted
 in place of the space before the parameters, as qmail-tls accepts it for
-the broken ``AUTH=LOGIN`` lines some servers still send.  The session reads
-only the properties below; STARTTLS and AUTH read theirs the same way when
-EHLO is sent again after TLS.
+the broken ``AUTH=LOGIN`` lines some servers still send.  The dialogue and
+:mod:`qmailremote.tls` read only the properties below; after STARTTLS, the
+capabilities are those of the EHLO sent again.
 """
 
 __all__ = ["Capabilities", "NONE"]
@@ -72,6 +72,10 @@ class Capabilities:
     @property
     def chunking(self):
         return b"CHUNKING" in self.keywords
+
+    @property
+    def starttls(self):
+        return b"STARTTLS" in self.keywords
 
     def __repr__(self):
         return f"Capabilities({self.keywords!r})"

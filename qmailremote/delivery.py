@@ -209,6 +209,7 @@ def deliver(host, sender, recipients, message, *, home=None, resolver=None):
     of ``/etc/resolv.conf``).
 
     Returns a :class:`Result`; it never raises for a failed delivery.
+    TLS, like everything else, follows the control files (README, "TLS").
     """
     from .message import Message
     source = Message(message)

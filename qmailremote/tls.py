@@ -291,7 +291,7 @@ class Starter:
         again), False to go on in plaintext; ends the dialogue (a verdict)
         when mandatory TLS cannot be had.
         """
-        if caps is None or b"STARTTLS" not in caps.keywords:
+        if caps is None or not caps.starttls:
             if self.mode == MUST:
                 session.stop(self._quit(session, b"No TLS achieved while " +
                                         self.ca_label + b" exists", False))
