@@ -81,7 +81,7 @@ def _open(session, helohost, tls):
     caps = ehlo(session, helohost)
     # A mandatory TLS host is refused before HELO, as qmail-tls does.
     if tls is not None and tls.after_ehlo(session, caps):
-        return hello(session, helohost)
+        return tls.first_exchange(session, lambda: hello(session, helohost))
     if caps is None:
         session.helo(helohost)
         return NONE

@@ -74,7 +74,8 @@ def error_reason(exc):
     if isinstance(exc, TimeoutError) or exc.__class__.__name__ == "timeout":
         return b"timed out"
     if ssl is not None and isinstance(exc, ssl.SSLError):
-        text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+        args = exc.args
+        text = str(args[1] if len(args) > 1 else args[0] if args else "")
         if text.startswith("["):
             text = text.split("] ", 1)[-1]
         text = text.split(" (_ssl.c:", 1)[0]
@@ -279,10 +280,6 @@ class Starter:
 
     # -- the dialogue's steps ---------------------------------------------
 
-    def start_implicit(self, session):
-        """SMTPS: the handshake before the greeting."""
-        self._handshake(session, fallback=False)
-
     def after_ehlo(self, session, caps):
         """STARTTLS after EHLO, when the policy and the server allow.
 
@@ -323,6 +320,22 @@ class Starter:
             session.abort(self._quit(session, b"TLS error initializing "
                                      b"ctx: " + _NO_SSL, False))
         self._handshake(session, context, fallback=False)
+
+    def first_exchange(self, session, step):
+        """``step()``, the first exchange under STARTTLS's TLS (EHLO again).
+
+        A TLS 1.3 server refuses the client's certificate (or its absence)
+        only after the client's side of the handshake is done, in reply to
+        what the client sends next: a connection that dies here counts as
+        a failed handshake, with the plaintext retry when opportunistic.
+        """
+        try:
+            return step()
+        except ConnectionDied as exc:
+            cause = exc.__context__
+            self._fail(session, self.mode == MAY,
+                       error_reason(cause) if cause is not None
+                       else b"connection died")
 
     def _context(self, session):
         """The SSL context, None when Python has no TLS (opportunistic:
