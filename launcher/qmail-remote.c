@@ -18,6 +18,11 @@
  *   the bootstrap, which appends it to sys.path.
  * - Resource limits below what a delivery needs, and a failed exec, are
  *   a Z report on stdout and exit 0: never exit 1, never stderr.
+ * - CPython refuses to start with a directory on its stdin.  Such a
+ *   descriptor is moved above 2 (its number in QMAILREMOTE_STDIN_FD,
+ *   /dev/null in its place) and put back by qmailremote.cli, so reading
+ *   the message fails where netqmail's read fails ("Unable to read
+ *   message.", after DATA).
  *
  * Which interpreter: python<PY_VERSION> in the directory this program
  * really is in (/proc/self/exe, symlinks resolved), as in a virtual
@@ -29,11 +34,14 @@
 
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #ifndef PY_VERSION
@@ -105,6 +113,30 @@ static void check_limits(void)
                "(ulimit -n) of at least " STR(NOFILE_FLOOR) ". (#4.3.0)\n");
 }
 
+/* A directory on stdin: moved out of CPython's way (see the top). */
+static void move_directory_stdin(void)
+{
+    struct stat st;
+    char number[24];
+    int fd, null;
+
+    if (fstat(0, &st) != 0 || !S_ISDIR(st.st_mode))
+        return;
+    fd = fcntl(0, F_DUPFD, 3);
+    if (fd < 0)
+        return;
+    null = open("/dev/null", O_RDONLY);
+    if (null < 0 || dup2(null, 0) != 0) {
+        close(fd);
+        if (null >= 0)
+            close(null);
+        return;
+    }
+    close(null);
+    snprintf(number, sizeof number, "%d", fd);
+    setenv("QMAILREMOTE_STDIN_FD", number, 1);
+}
+
 /* *path* = dir + "/" + name, or 0 when it does not fit. */
 static int join(char *path, const char *dir, const char *name)
 {
@@ -133,6 +165,7 @@ int main(int argc, char **argv)
     sigaddset(&sigint, SIGINT);
     sigprocmask(SIG_BLOCK, &sigint, 0);
     check_limits();
+    move_directory_stdin();
 
     n = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n > 0) {

@@ -80,10 +80,24 @@ def argv_bytes():
     return given[len(given) - len(args):]
 
 
+def restore_stdin():
+    """Put back the directory the launcher moved off fd 0 (its comment)."""
+    number = os.environ.pop("QMAILREMOTE_STDIN_FD", None)
+    if number is None or not number.isdigit():
+        return
+    fd = int(number)
+    try:
+        os.dup2(fd, 0)
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def main():
     """Entry point of the command: print the reports, exit 0."""
     try:
         take_signals()
+        restore_stdin()
         view = memoryview(run(argv_bytes()))
     except BaseException:
         view = memoryview(b"Zqmail-remote (qmailremote) was interrupted or "

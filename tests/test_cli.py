@@ -141,6 +141,31 @@ def test_stdin_directory_is_unable_to_read(home):
     assert out == b"r\0ZUnable to read message. (#4.3.0)\n\0"
 
 
+def test_installed_command_reads_a_directory_stdin_as_netqmail(home):
+    """CPython will not start with a directory on fd 0: the launcher moves
+    it aside and the command puts it back, so the read fails after DATA,
+    where netqmail's does, with its report; exit 0, nothing on stderr."""
+    command = os.path.join(os.path.dirname(sys.executable), "qmail-remote")
+    if not os.path.exists(command):
+        pytest.fail("the qmail-remote launcher is not installed beside "
+                    + sys.executable + " (pip install '.[test]')")
+    env = dict(os.environ, QMAILHOME=str(home))
+    with ScriptedServer(smtp_script(final=None)[:-1]) as srv:
+        (home / "control" / "smtproutes").write_bytes(
+            b":127.0.0.1:%d\n" % srv.port)
+        directory = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            done = subprocess.run([command, "h", "a@b", "c@d"],
+                                  stdin=directory, capture_output=True,
+                                  env=env, timeout=60)
+        finally:
+            os.close(directory)
+        srv.wait_done()
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0, b"r\0ZUnable to read message. (#4.3.0)\n\0", b"")
+    assert srv.received[0].endswith(b"DATA\r\n")
+
+
 def test_stdout_closed_exits_zero(home):
     done = subprocess.run(
         [sys.executable, "-m", "qmailremote", "h", "s"],
