@@ -215,10 +215,12 @@ def _bdat_body(session, message, survey, window):
             if not size:
                 continue
             if 0 <= remaining <= size:
-                chunk = chunk[:remaining]
-                if chunk[-1:] not in (b"", b"\n"):
-                    return PERM_PARTIALLINE
-                writer.chunk(chunk, True)
+                # Released here: a slice left alive would keep a mapped
+                # file's mapping from closing when the loop is left.
+                with chunk[:remaining] as last:
+                    if remaining and last[remaining - 1] != 10:
+                        return PERM_PARTIALLINE
+                    writer.chunk(last, True)
                 last_sent = True
                 break
             complete = chunk[size - 1] == 10

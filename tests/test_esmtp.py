@@ -12,8 +12,10 @@ any reply: a client that waited for a reply before its next command would
 never get one (the run would end in a timeout, and the test would fail).
 """
 
+import gc
 import io
 import os
+import sys
 
 import pytest
 
@@ -681,6 +683,30 @@ def big_chunks(message=BIG):
     """The message's BDAT payloads, one per 1 MiB of input, CRLF lines."""
     return [message[i:i + CHUNK].replace(b"\n", b"\r\n")
             for i in range(0, len(message), CHUNK)]
+
+
+def test_bdat_last_chunk_of_a_mapped_file_is_released(home, tmp_path,
+                                                      monkeypatch):
+    """The LAST chunk, cut at the surveyed size, must not keep the file's
+    mapping exported: closing it then fails in a generator's cleanup,
+    which Python prints to stderr ("Exception ignored")."""
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    path = tmp_path / "message"
+    path.write_bytes(BIG)
+    parts = big_chunks()
+    script = [send(b"220 ok\r\n"), expect_line(EHLO),
+              send(ehlo(b"CHUNKING", b"SIZE")),
+              expect_line(b"MAIL FROM:<a@b.example> SIZE=2525000\r\n"),
+              send(OK), expect_line(RCPT_LINE), send(OK)]
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        script += [*read_bdat(part, last), send(FINAL if last else OK)]
+    script += [read_to_eof(QUIT)]
+    out, srv = run(home, script, message=str(path))
+    gc.collect()
+    assert out == b"r\0" + K
+    assert [u.exc_value for u in unraisable] == []
 
 
 def test_bdat_several_chunks_lockstep(home):
