@@ -20,7 +20,18 @@ loopback SMTP sink (``sink.py``), timed from spawn to reap:
   ``QMAILREMOTE_BENCH_C`` names the binary and ``QMAILREMOTE_BENCH_C_HOME``
   the qmail home compiled into it.  The harness writes ``control/me`` and
   ``control/smtproutes`` there (and puts back what was there before), so it
-  must NOT be a live qmail's home; a home with a ``queue/`` is refused.
+  must NOT be a live qmail's home; a home with a ``queue/`` is refused
+  (1.06 has no TLS: it is in no TLS figure);
+* ``ceiling-tls``: the TLS ceiling, against a sink that offers STARTTLS:
+  ``python -I -S`` doing EHLO, STARTTLS, the handshake, EHLO, MAIL, RCPT,
+  DATA in lock-step, then writing the pre-encoded body through ``_ssl``
+  (what ``ssl.SSLSocket`` wraps, as ``qmailremote/tls.py`` uses it) in
+  1 MiB writes read from the page cache; TCP_NODELAY, a blocking socket,
+  TLS 1.2 at least, no certificate check;
+* ``s_client``: ``openssl s_client -starttls smtp -quiet`` against the same
+  sink, its stdin a file with EHLO, MAIL, RCPT, DATA, the same pre-encoded
+  body and QUIT (written before timing): it sends what it reads, in 8 KiB
+  reads and records, pipelined, and exits when the sink closes after QUIT.
 
 qmail-remote gets the message file as its stdin (a regular file, as
 qmail-rspawn gives it); the library scripts open it by path, as their users
@@ -36,7 +47,10 @@ the ceiling's; the harness's own CPU time during the run is the sink's,
 reported so that a saturated sink shows.  Runs interleave the senders, in
 an order rotated each run; medians (and the best run) are reported.  A
 "sink check" then compares a plain ``sendall`` loop from memory, against
-the sink and against a bare drain, with the ceiling.
+the sink and against a bare drain, with the ceiling; with a TLS sink, a
+"TLS sink check" writes the body from memory through ``_ssl`` into the TLS
+sink, into a drain that only decrypts, and into one that reads the
+ciphertext without decrypting it (the client's own limit).
 
     python benchmarks/e2e.py [--sizes 1K,1M,100M,1G] [--runs N]
         [--senders ceiling,qmail-remote,...] [--json out.json] [--png out.png]
@@ -58,7 +72,27 @@ follows the main one:
   ``SIZE=`` (a count of the message's lines first) and BDAT;
 * ``esmtp-nochunking``: ``control/nochunking``, same sink: ``SIZE=``, DATA;
 * ``esmtp-nosize``, ``esmtp-nochunking-nosize``: the sink does not offer
-  SIZE: BDAT or DATA with no line count.
+  SIZE: BDAT or DATA with no line count;
+* ``esmtp-tls``: as ``esmtp``, and the sink offers STARTTLS (a certificate
+  made at start-up, see ``sink.py``): the client's default, opportunistic
+  STARTTLS with no certificate check, then SIZE= and BDAT under TLS;
+* ``esmtp-nochunking-tls``: ``control/nochunking``: DATA under TLS;
+* ``esmtp-nosize-tls``: the TLS sink without SIZE: BDAT, no line count.
+
+A TLS profile brings ``ceiling-tls`` and ``s_client`` (when ``openssl``
+is on the PATH), as every run brings the ceiling; they have a TLS sink of
+their own.  Every TLS run also checks that the sink completed one more
+handshake (an opportunistic client that fell back to plaintext fails the
+run).  A TLS table then puts ours in plaintext (``esmtp``, else
+``qmail-remote``) beside ours over STARTTLS and the references, per size:
+median wall, CPU, CPU per GiB, peak RSS, wall over ``ceiling-tls``'s and
+``s_client``'s, and the TLS targets: at 100M ``esmtp-tls`` within
+1.15x of ``ceiling-tls`` and no slower than ``s_client``, at 1G its peak
+RSS at most 40 MiB, at 1K its CPU at most 15 ms over ``esmtp``'s (see
+also ``startup.py --tls``, with more runs and a breakdown).  For example:
+
+    python benchmarks/e2e.py --sizes 1K,100M,1G --senders ceiling \\
+        --profiles esmtp,esmtp-tls --json tls.json
 
 ``--rtt-scenarios`` runs 1 KB deliveries through ``Relay``, a user-space
 TCP relay that holds every chunk ``--delay-ms`` (25) before passing it on,
@@ -82,6 +116,7 @@ non-editable (``pip install .``), and run from anywhere.
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -108,7 +143,8 @@ RECIPIENT = "c@bench.example"
 HELO = "bench.invalid"
 ALL_SENDERS = ["ceiling", "qmail-remote", "qmail-remote-pure", "smtplib",
                "aiosmtplib", "netqmail"]
-OPTIONAL = ["smtplib-bytes"]
+OPTIONAL = ["smtplib-bytes", "ceiling-tls", "s_client"]
+TLS_REFERENCES = ["ceiling-tls", "s_client"]
 MIB = 1 << 20
 SINK_CHECK_RUNS = 5
 SINK_CHECK_MIN = 64 * MIB  # below this, fixed costs swamp the rate
@@ -190,6 +226,99 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[2]),
 """
 
 SMTPLIB_BYTES = SMTPLIB.replace("open(sys.argv[1])", 'open(sys.argv[1], "rb")')
+
+# The TLS ceiling: the same pre-encoded body, read 1 MiB at a time from the
+# page cache and written through Python's TLS (the `_ssl` objects that
+# ssl.SSLSocket wraps, as qmailremote/tls.py uses them: ssl.py's imports
+# would add ~5 ms to every run) after EHLO, STARTTLS, EHLO, MAIL, RCPT, DATA
+# in lock-step; the socket blocks (no timeout), TCP_NODELAY as above;
+# TLS 1.2 at least, no certificate check (opportunistic TLS, as the client's
+# default).  In "smtp" mode it is a sender; in "memory" mode (the sink
+# check) the body is read into memory first and the seconds from DATA's
+# reply to the final reply are printed.
+CEILING_TLS = f"""
+import _ssl, socket, sys, time
+class Replies:
+    def __init__(self, recv):
+        self.recv, self.data = recv, b""
+    def expect(self, want):
+        while True:
+            while b"\\n" not in self.data:
+                more = self.recv(65536)
+                if not more:
+                    sys.exit("connection closed")
+                self.data += more
+            line, self.data = self.data.split(b"\\n", 1)
+            if line[3:4] != b"-":
+                break
+        if not line.startswith(want):
+            sys.exit("unexpected reply %r" % line)
+chunk = 1 << 20
+if sys.argv[3] == "memory":
+    with open(sys.argv[1], "rb") as body:
+        data = memoryview(body.read())
+s = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+r = Replies(s.recv)
+r.expect(b"220")
+for cmd, want in ((b"EHLO {HELO}", b"250"), (b"STARTTLS", b"220")):
+    s.sendall(cmd + b"\\r\\n")
+    r.expect(want)
+ctx = _ssl._SSLContext(_ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = _ssl.CERT_NONE
+ctx.minimum_version = _ssl.PROTO_TLSv1_2
+tls = ctx._wrap_socket(s, False, None)
+tls.do_handshake()
+r = Replies(tls.read)
+for cmd, want in ((b"EHLO {HELO}", b"250"), (b"MAIL FROM:<{SENDER}>", b"250"),
+                  (b"RCPT TO:<{RECIPIENT}>", b"250"), (b"DATA", b"354")):
+    tls.write(cmd + b"\\r\\n")
+    r.expect(want)
+start = time.perf_counter()
+if sys.argv[3] == "memory":
+    for i in range(0, len(data), chunk):
+        tls.write(data[i:i + chunk])
+else:
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(sys.argv[1], "rb", buffering=0) as body:
+        while True:
+            n = body.readinto(buf)
+            if not n:
+                break
+            tls.write(view[:n])
+r.expect(b"250")
+seconds = time.perf_counter() - start
+tls.write(b"QUIT\\r\\n")
+s.close()
+if sys.argv[3] == "memory":
+    print(seconds)
+"""
+
+# The sink check's TLS drain client: implicit TLS (the handshake at
+# connect), the body from memory in 1 MiB writes, then EOF; prints the
+# seconds from the end of the handshake to the drain's EOF.
+MEMORY_TLS_RAW = """
+import _ssl, socket, sys, time
+with open(sys.argv[1], "rb") as body:
+    data = memoryview(body.read())
+chunk = 1 << 20
+s = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+ctx = _ssl._SSLContext(_ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = _ssl.CERT_NONE
+tls = ctx._wrap_socket(s, False, None)
+tls.do_handshake()
+start = time.perf_counter()
+for i in range(0, len(data), chunk):
+    tls.write(data[i:i + chunk])
+s.shutdown(socket.SHUT_WR)
+while s.recv(65536):    # session tickets, then the drain's EOF
+    pass
+print(time.perf_counter() - start)
+"""
 
 AIOSMTPLIB = f"""
 import asyncio, sys, aiosmtplib
@@ -437,12 +566,15 @@ def k_report(stdout):
 
 class Sender:
     def __init__(self, name, argv, env, stdin=False, qmail=False,
-                 expect=None, memory_factor=0, sink=None):
+                 expect=None, memory_factor=0, sink=None, tls=False):
         self.name = name
         self.sink = sink            # its own sink (profiles); None: shared
         self.argv = argv            # list; "{raw}", "{enc}", "{port}" filled
         self.env = env
-        self.stdin = stdin          # the raw message file as stdin
+        # True: the raw message file as stdin; a string: that file of
+        # prepare()'s ("s_client": the s_client input)
+        self.stdin = "raw" if stdin is True else stdin
+        self.tls = tls              # the sink must see one more handshake
         self.qmail = qmail          # stdout must end with a K report
         self.expect = expect        # body bytes (info) -> int; None: encoded
         self.memory_factor = memory_factor  # copies of the message held
@@ -458,7 +590,7 @@ def compiled_env():
             if k != "QMAILREMOTE_NO_EXTENSIONS"}
 
 
-def make_senders(names, home, notes):
+def make_senders(names, home, notes, tls_sink=None):
     py = sys.executable
     base = compiled_env()
     qenv = dict(base, QMAILHOME=home)
@@ -486,6 +618,18 @@ def make_senders(names, home, notes):
             "aiosmtplib", [py, "-c", AIOSMTPLIB, "{raw}", "{port}"], base,
             memory_factor=7),
     }
+    tls_table = {
+        "ceiling-tls": lambda: Sender(
+            "ceiling-tls", [py, "-I", "-S", "-c", CEILING_TLS, "{enc}",
+                            "{port}", "stream"], base, sink=tls_sink,
+            tls=True),
+        "s_client": lambda: Sender(
+            "s_client", [openssl, "s_client", "-starttls", "smtp",
+                         "-connect", "127.0.0.1:{port}", "-name", HELO,
+                         "-quiet"], base, stdin="s_client", sink=tls_sink,
+            tls=True),
+    }
+    openssl = shutil.which("openssl")
     c_binary = os.environ.get("QMAILREMOTE_BENCH_C")
     c_home = os.environ.get("QMAILREMOTE_BENCH_C_HOME")
     senders = []
@@ -513,6 +657,13 @@ def make_senders(names, home, notes):
             senders.append(Sender("netqmail", [c_binary] + qargs, env,
                                   stdin=True, qmail=True))
             continue
+        if name in tls_table:
+            if name == "s_client" and not openssl:
+                notes.append("s_client: not measured, no openssl command "
+                             "(apt-get install openssl)")
+                continue
+            senders.append(tls_table[name]())
+            continue
         if name not in table:
             sys.exit(f"unknown sender {name!r}; known: "
                      f"{', '.join(ALL_SENDERS + OPTIONAL)}")
@@ -525,12 +676,16 @@ def make_senders(names, home, notes):
 # extensions below).  Name -> (control files, Sink options).
 FULL = {"size": 0, "pipelining": True, "chunking": True}
 NOSIZE = {"pipelining": True, "chunking": True}
+TLS = dict(FULL, tls=True)
 PROFILES = {
     "noesmtp": (["noesmtp"], FULL),                 # 1.06: HELO, DATA
     "esmtp": ([], FULL),                            # BDAT, SIZE=
     "esmtp-nochunking": (["nochunking"], FULL),     # DATA, SIZE=
     "esmtp-nosize": ([], NOSIZE),                   # BDAT, no SIZE=
     "esmtp-nochunking-nosize": (["nochunking"], NOSIZE),  # DATA, no SIZE=
+    "esmtp-tls": ([], TLS),                         # STARTTLS, BDAT, SIZE=
+    "esmtp-nochunking-tls": (["nochunking"], TLS),  # STARTTLS, DATA, SIZE=
+    "esmtp-nosize-tls": ([], dict(NOSIZE, tls=True)),  # STARTTLS, BDAT
 }
 
 
@@ -554,7 +709,8 @@ def make_profile_senders(names, workdir, stack):
         senders.append(Sender(
             "qr:" + name, [qr, "bench.example", SENDER, RECIPIENT],
             dict(compiled_env(), QMAILHOME=home), stdin=True, qmail=True,
-            expect=bdat_bytes if bdat else None, sink=sink))
+            expect=bdat_bytes if bdat else None, sink=sink,
+            tls=bool(options.get("tls"))))
     return senders
 
 
@@ -593,7 +749,15 @@ class Progress:
 
 # --- the measurement ------------------------------------------------------
 
-def prepare(sizes, workdir, seed, progress):
+# openssl s_client's input: the commands after its EHLO and STARTTLS, the
+# encoded body, QUIT.  It writes them as it reads them (8 KiB at a time),
+# pipelined, and exits when the sink closes the connection after QUIT.
+S_CLIENT_HEAD = (f"EHLO {HELO}\r\nMAIL FROM:<{SENDER}>\r\n"
+                 f"RCPT TO:<{RECIPIENT}>\r\nDATA\r\n").encode()
+S_CLIENT_TAIL = b"QUIT\r\n"
+
+
+def prepare(sizes, workdir, seed, progress, s_client=False):
     files = {}
     for size in sizes:
         label = format_size(size)
@@ -603,6 +767,13 @@ def prepare(sizes, workdir, seed, progress):
         info = generate(raw, size, seed)
         info["encoded_bytes"] = encode(raw, enc)
         files[size] = {"raw": raw, "enc": enc, "info": info}
+        if s_client:
+            path = raw + ".s_client"
+            with open(enc, "rb") as src, open(path, "wb") as dst:
+                dst.write(S_CLIENT_HEAD)
+                shutil.copyfileobj(src, dst, 1 << 20)
+                dst.write(S_CLIENT_TAIL)
+            files[size]["s_client"] = path
     progress.clear()
     return files
 
@@ -611,10 +782,10 @@ def one_run(sender, files, sink, workdir, timeout):
     sink = sender.sink or sink
     info = files["info"]
     expect = sender.expect(info) if sender.expect else info["encoded_bytes"]
-    messages, body = sink.messages, sink.body_bytes
+    messages, body, tls = sink.messages, sink.body_bytes, sink.tls
+    stdin = files[sender.stdin] if sender.stdin else None
     result = run_process(sender.command(files, sink.port), sender.env,
-                         workdir, files["raw"] if sender.stdin else None,
-                         timeout)
+                         workdir, stdin, timeout)
     problems = []
     if result["killed"]:
         problems.append(f"killed after {timeout} s")
@@ -627,6 +798,9 @@ def one_run(sender, files, sink, workdir, timeout):
     if got_messages != 1 or got_body != expect:
         problems.append(f"sink got {got_messages} message(s), {got_body:,} "
                         f"body bytes; expected 1, {expect:,}")
+    if sink.tls - tls != bool(sender.tls):
+        problems.append(f"sink saw {sink.tls - tls} TLS handshake(s), "
+                        f"expected {int(sender.tls)}")
     if problems and result["stderr"]:
         problems.append("stderr: " + result["stderr"].decode(
             "utf-8", "replace").strip().replace("\n", " | ")[-300:])
@@ -799,6 +973,95 @@ def sink_check(args, files, sink, workdir, results, progress):
             ceiling["median"]["sink_cpu_s"] / ceiling["median"]["wall_s"]
             if "median" in ceiling else None,
     }
+
+
+class TlsDrain(Drain):
+    """A :class:`Drain` that speaks TLS from the first byte: it decrypts
+    everything to EOF (1 MiB ``recv_into``, as the sink), counting nothing.
+
+    With *decrypt* false it reads the bytes after the handshake off the
+    socket as they are, undecrypted: the client's encryption and writes
+    are then all that limits the rate.
+    """
+
+    def __init__(self, context, decrypt=True):
+        self._context = context
+        self._decrypt = decrypt
+        super().__init__()
+
+    def _accept(self):
+        buf = memoryview(bytearray(1 << 20))
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                with self._context.wrap_socket(conn, server_side=True) as tls:
+                    # the plain socket's recv_into: what OpenSSL has not
+                    # read (it reads no further than a record it needs)
+                    recv_into = tls.recv_into if self._decrypt else \
+                        functools.partial(socket.socket.recv_into, tls)
+                    while recv_into(buf):
+                        pass
+            except OSError:     # the client's EOF without close_notify
+                pass
+            finally:
+                conn.close()
+
+
+def tls_sink_check(args, files, sink, workdir, progress):
+    """The TLS reference from memory into the TLS sink and two drains.
+
+    The sink and the first drain decrypt with the same context and buffer:
+    what the sink does beyond decrypting (SMTP, the end of data) is the
+    difference.  The second drain does not decrypt: the rate into it is
+    the client's own limit, and the sink is not the bottleneck when the
+    rate into it comes near.
+    """
+    size = max(files)
+    label = format_size(size)
+    if size < SINK_CHECK_MIN:
+        return None
+    enc = files[size]["enc"]
+    expect = files[size]["info"]["encoded_bytes"]
+    drains = {"drain": TlsDrain(sink.tls_context),
+              "raw": TlsDrain(sink.tls_context, decrypt=False)}
+    times = {"sink": [], "drain": [], "raw": []}
+    cpu = {"sink": [], "drain": [], "raw": []}
+    try:
+        for run in range(SINK_CHECK_RUNS):
+            for target in times:
+                progress.show(f"TLS sink check ({label}): from memory into "
+                              f"the TLS {target}, run {run + 1}/"
+                              f"{SINK_CHECK_RUNS}")
+                messages, body = sink.messages, sink.body_bytes
+                if target == "sink":
+                    argv = [sys.executable, "-I", "-S", "-c", CEILING_TLS,
+                            enc, str(sink.port), "memory"]
+                else:
+                    argv = [sys.executable, "-I", "-S", "-c",
+                            MEMORY_TLS_RAW, enc, str(drains[target].port)]
+                r = run_process(argv, os.environ, workdir, None, args.timeout)
+                progress.done += 1
+                if r["returncode"] or (target == "sink" and (
+                        sink.messages - messages != 1
+                        or sink.body_bytes - body != expect)):
+                    sys.exit(f"TLS sink check failed: {r['stderr']!r}")
+                seconds = float(r["stdout"].split()[-1])
+                times[target].append(seconds)
+                cpu[target].append(r["sink_cpu_s"] / seconds)
+    finally:
+        for drain in drains.values():
+            drain.close()
+    progress.show("TLS sink check: done", final=True)
+    out = {"size": label, "seconds": times}
+    for target in times:
+        out[f"into_{target}_mib_per_s"] = \
+            expect / MIB / statistics.median(times[target])
+        out[f"{target}_cpu_share"] = statistics.median(cpu[target])
+    return out
 
 
 # --- round trips: a delaying relay between client and sink ----------------
@@ -1222,6 +1485,138 @@ def print_ratios(results, senders):
                   + ", ".join(cells))
 
 
+# The issue's TLS targets: (size, what, limit).
+TLS_TARGETS = [
+    ("100M", "wall over ceiling-tls", 1.15),
+    ("100M", "wall over s_client", 1.00),
+    ("1G", "peak RSS MiB", 40),
+    ("1K", "CPU ms over plaintext", 15),
+]
+GIB = 1 << 30
+
+
+def tls_rows(senders):
+    """(label, sender name) of the TLS table, in order, those present."""
+    names = {s.name for s in senders}
+    plain = "qr:esmtp" if "qr:esmtp" in names else "qmail-remote"
+    rows = [("ours, plaintext (" + plain + ")", plain),
+            ("ours, STARTTLS (qr:esmtp-tls)", "qr:esmtp-tls"),
+            ("ours, STARTTLS, DATA (qr:esmtp-nochunking-tls)",
+             "qr:esmtp-nochunking-tls"),
+            ("ours, STARTTLS, no SIZE (qr:esmtp-nosize-tls)",
+             "qr:esmtp-nosize-tls"),
+            ("ceiling (sendfile, plaintext)", "ceiling"),
+            ("ceiling-tls (Python _ssl, 1 MiB writes)", "ceiling-tls"),
+            ("openssl s_client -starttls smtp", "s_client")]
+    return [(label, name) for label, name in rows if name in names]
+
+
+def tls_summary(results, senders):
+    """Per size: the TLS table's figures, ratios and the targets' verdicts."""
+    rows = tls_rows(senders)
+    names = {s.name for s in senders}
+    plain = "qr:esmtp" if "qr:esmtp" in names else "qmail-remote"
+    out = {}
+    for label, entry in results.items():
+        got = entry["senders"]
+        size = parse_size(label)
+        table = {}
+        for row, name in rows:
+            m = got.get(name, {}).get("median")
+            if not m:
+                continue
+            table[name] = {
+                "row": row, "wall_ms": m["wall_s"] * 1000,
+                "cpu_ms": m["cpu_s"] * 1000,
+                "cpu_s_per_gib": m["cpu_s"] / (size / GIB),
+                "maxrss_mib": m["maxrss_bytes"] / MIB,
+                "sink_cpu_share": m["sink_cpu_s"] / m["wall_s"],
+            }
+        for ref in ("ceiling-tls", "s_client"):
+            if ref in table:
+                for name, cell in table.items():
+                    cell["wall_over_" + ref] = \
+                        cell["wall_ms"] / table[ref]["wall_ms"]
+                    cell["cpu_over_" + ref] = \
+                        cell["cpu_ms"] / table[ref]["cpu_ms"]
+                    # run i of every sender is in the same round: the
+                    # median of the ratios within rounds shrugs off a
+                    # round the machine was slow for all
+                    pairs = [a["wall_s"] / b["wall_s"] for a, b in zip(
+                        got[name]["runs"], got[ref]["runs"])
+                        if not a["error"] and not b["error"]]
+                    if pairs:
+                        cell["paired_wall_over_" + ref] = \
+                            statistics.median(pairs)
+        ours = table.get("qr:esmtp-tls")
+        base = table.get(plain)
+        verdicts = []
+        if ours:
+            figures = {
+                "wall over ceiling-tls": ours.get("wall_over_ceiling-tls"),
+                "wall over s_client": ours.get("wall_over_s_client"),
+                "peak RSS MiB": ours["maxrss_mib"],
+                "CPU ms over plaintext":
+                    ours["cpu_ms"] - base["cpu_ms"] if base else None,
+            }
+            for at, what, limit in TLS_TARGETS:
+                if at == label and figures[what] is not None:
+                    verdicts.append({"target": f"{label} {what} <= {limit}",
+                                     "value": figures[what],
+                                     "met": figures[what] <= limit})
+        out[label] = {"rows": table, "targets": verdicts}
+    return out
+
+
+def print_tls(summary, tls_check, versions):
+    """Ours in plaintext and over STARTTLS beside the TLS references."""
+    suites = ", ".join(f"{v} {c}" for v, c in sorted(versions)) or "?"
+    print(f"\nTLS (STARTTLS; negotiated: {suites}), medians")
+    print(f"  {'size':<5} {'sender':<48} {'wall ms':>9} {'CPU ms':>9} "
+          f"{'CPU s/GiB':>9} {'peak RSS':>9} {'x c-tls':>7} {'x s_cl':>7}"
+          f" {'sink CPU':>8}")
+    for label, entry in summary.items():
+        for name, c in entry["rows"].items():
+            ratios = "".join(
+                f" {c[key]:7.2f}" if key in c else f" {'':>7}"
+                for key in ("wall_over_ceiling-tls", "wall_over_s_client"))
+            # per GiB only where the fixed costs do not swamp it
+            per_gib = f"{c['cpu_s_per_gib']:9.3f}" \
+                if parse_size(label) >= SINK_CHECK_MIN else f"{'':>9}"
+            print(f"  {label:<5} {c['row']:<48} {c['wall_ms']:9,.1f} "
+                  f"{c['cpu_ms']:9,.1f} {per_gib} "
+                  f"{c['maxrss_mib']:5.1f} MiB{ratios} "
+                  f"{100 * c['sink_cpu_share']:7.0f}%")
+    print("x c-tls, x s_cl: median wall over ceiling-tls's and s_client's; "
+          "CPU s/GiB: the sender's user+sys over the message size; "
+          "sink CPU: the harness's (the sink's) CPU over the sender's wall.")
+    for label, entry in summary.items():
+        for name, c in entry["rows"].items():
+            if not name.startswith("qr:") or "cpu_over_ceiling-tls" not in c:
+                continue
+            paired = ", ".join(
+                f"{c['paired_wall_over_' + ref]:.2f}x {ref}'s"
+                for ref in ("ceiling-tls", "s_client")
+                if "paired_wall_over_" + ref in c)
+            print(f"  {label} {name}: CPU {c['cpu_over_ceiling-tls']:.2f}x "
+                  f"ceiling-tls's; wall, median of the ratios within a "
+                  f"round: {paired}")
+    for label, entry in summary.items():
+        for v in entry["targets"]:
+            print(f"target {v['target']}: {v['value']:.3f} "
+                  f"{'met' if v['met'] else 'MISSED'}")
+    if tls_check:
+        print(f"TLS sink check ({tls_check['size']}, body only, median of "
+              f"{SINK_CHECK_RUNS}): the TLS reference from memory into the "
+              f"TLS sink {tls_check['into_sink_mib_per_s']:,.0f} MiB/s "
+              f"(sink busy {100 * tls_check['sink_cpu_share']:.0f}% of a "
+              f"CPU), into a TLS drain that only decrypts "
+              f"{tls_check['into_drain_mib_per_s']:,.0f} MiB/s (busy "
+              f"{100 * tls_check['drain_cpu_share']:.0f}%), into one that "
+              f"does not decrypt {tls_check['into_raw_mib_per_s']:,.0f} "
+              f"MiB/s (busy {100 * tls_check['raw_cpu_share']:.0f}%).")
+
+
 def strip_raw(rtt):
     if not rtt:
         return rtt
@@ -1252,17 +1647,18 @@ def report_rtt_only(args, rtt):
 
 # --- main -----------------------------------------------------------------
 
-def choose_sizes(spec, workdir, notes):
+def choose_sizes(spec, workdir, notes, copies=2.1):
     sizes = []
     free = shutil.disk_usage(workdir).free
     needed = 0
     for size in sorted({parse_size(s) for s in spec.split(",") if s}):
-        # the message and its encoded copy (~2.03x together), 1 GiB spare
-        if needed + 2.1 * size + (1 << 30) > free:
+        # the message and its encoded copy (~2.03x together; another
+        # encoded copy for s_client), 1 GiB spare
+        if needed + copies * size + (1 << 30) > free:
             notes.append(f"{format_size(size)}: skipped, only "
                          f"{free / MIB:,.0f} MiB free in {workdir}")
             continue
-        needed += 2.1 * size
+        needed += copies * size
         sizes.append(size)
     if not sizes:
         sys.exit("no size fits on disk")
@@ -1324,17 +1720,24 @@ def main():
             progress.clear()
             report_rtt_only(args, rtt)
             return
-        args.sizes = choose_sizes(args.sizes, workdir, notes)
         names = [n.strip() for n in args.senders.split(",") if n.strip()]
         names = ["ceiling"] + [n for n in names if n != "ceiling"]
+        profiles = [n.strip() for n in args.profiles.split(",")
+                    if n.strip()]
+        # a TLS profile brings its references, as every run has the ceiling
+        if any(PROFILES.get(p, ((), {}))[1].get("tls") for p in profiles):
+            names += [n for n in TLS_REFERENCES if n not in names]
+        use_s_client = "s_client" in names and shutil.which("openssl")
+        args.sizes = choose_sizes(args.sizes, workdir, notes,
+                                  3.15 if use_s_client else 2.1)
         started = time.time()
         with contextlib.ExitStack() as stack:
             sink = stack.enter_context(Sink())
+            tls_sink = stack.enter_context(Sink(**TLS)) \
+                if any(n in TLS_REFERENCES for n in names) else None
             home = os.path.join(workdir, "home")
             write_home(home, sink.port)
-            senders = make_senders(names, home, notes)
-            profiles = [n.strip() for n in args.profiles.split(",")
-                        if n.strip()]
+            senders = make_senders(names, home, notes, tls_sink)
             senders += make_profile_senders(profiles, workdir, stack)
             if any(s.name == "netqmail" for s in senders):
                 c_home = os.environ["QMAILREMOTE_BENCH_C_HOME"]
@@ -1355,11 +1758,24 @@ def main():
             startup = interpreter_startup(workdir)
             module = kernels["qmail-remote"].get("module")
             digest = package_digest(module) if module else None
-            files = prepare(args.sizes, workdir, args.seed, progress)
+            files = prepare(args.sizes, workdir, args.seed, progress,
+                            s_client=any(s.stdin == "s_client"
+                                         for s in senders))
             results = measure(args, senders, files, sink, workdir, notes,
                               progress)
             check = sink_check(args, files, sink, workdir, results,
                                progress) if args.sink_check else None
+            tls_check = None
+            if tls_sink is not None and args.sink_check:
+                progress.total += 3 * SINK_CHECK_RUNS
+                tls_check = tls_sink_check(args, files, tls_sink, workdir,
+                                           progress)
+            versions = {}
+            for s in senders:
+                if s.tls:
+                    for key, n in (s.sink or sink).tls_versions.items():
+                        versions[key] = versions.get(key, 0) + n
+            tls = tls_summary(results, senders) if versions else None
         progress.clear()
         print(f"python {sys.version.split()[0]} ({sys.executable}); "
               f"{platform.platform()}; {os.cpu_count()} CPUs")
@@ -1370,6 +1786,8 @@ def main():
         print_table(results, senders, check, notes, floor)
         if profiles:
             print_ratios(results, senders)
+        if tls:
+            print_tls(tls, tls_check, versions)
         if rtt:
             print_rtt(rtt, args.delay_ms)
         failures = sum(e["failed_runs"] for r in results.values()
@@ -1398,6 +1816,18 @@ def main():
                 },
                 "sizes": results,
                 "sink_check": check,
+                "tls": tls and {
+                    "summary": tls, "sink_check": tls_check,
+                    "negotiated": [[v, c, n] for (v, c), n in
+                                   sorted(versions.items())],
+                    "certificate": (tls_sink or next(
+                        s.sink for s in senders if s.tls)).cert_maker,
+                    "openssl": subprocess.run(
+                        ["openssl", "version"], capture_output=True,
+                        text=True).stdout.strip()
+                    if shutil.which("openssl") else None,
+                    "python_ssl": __import__("ssl").OPENSSL_VERSION,
+                },
                 "round_trips": strip_raw(rtt),
                 "delay_ms": args.delay_ms if rtt else None,
                 "profiles": {p: {"control": PROFILES[p][0],
