@@ -132,19 +132,42 @@ cdef extern from *:
        x86-64 compares 16 bytes at a time; elsewhere a plain loop. */
     #if defined(__SSE2__)
     #include <emmintrin.h>
+    /* The 16-byte blocks of src[0..n) that have a byte after them: adds
+       their LFs and their LFs followed by a dot to *lfs and *dots, and
+       returns where they end.  Each block's comparisons are summed in
+       byte lanes (at most 255 blocks, so no lane overflows), then folded
+       with _mm_sad_epu8: no popcount, no branch per block. */
+    static Py_ssize_t qr_count_blocks(const unsigned char *src, Py_ssize_t n,
+                                      Py_ssize_t *lfs, Py_ssize_t *dots)
+    {
+        const __m128i lf = _mm_set1_epi8('\\n'), dot = _mm_set1_epi8('.');
+        const __m128i zero = _mm_setzero_si128();
+        Py_ssize_t i = 0;
+        while (i + 17 <= n) {
+            __m128i al = zero, ad = zero, sl, sd;
+            int k;
+            for (k = 0; k < 255 && i + 17 <= n; k++, i += 16) {
+                __m128i a = _mm_cmpeq_epi8(
+                    _mm_loadu_si128((const __m128i *)(src + i)), lf);
+                __m128i b = _mm_cmpeq_epi8(
+                    _mm_loadu_si128((const __m128i *)(src + i + 1)), dot);
+                al = _mm_sub_epi8(al, a);
+                ad = _mm_sub_epi8(ad, _mm_and_si128(a, b));
+            }
+            sl = _mm_sad_epu8(al, zero);
+            sd = _mm_sad_epu8(ad, zero);
+            *lfs += _mm_cvtsi128_si32(sl) +
+                    _mm_cvtsi128_si32(_mm_srli_si128(sl, 8));
+            *dots += _mm_cvtsi128_si32(sd) +
+                     _mm_cvtsi128_si32(_mm_srli_si128(sd, 8));
+        }
+        return i;
+    }
     static Py_ssize_t qr_blast_extra(const unsigned char *src, Py_ssize_t n)
     {
-        Py_ssize_t extra = 0, i = 0;
-        const __m128i lf = _mm_set1_epi8('\\n'), dot = _mm_set1_epi8('.');
-        for (; i + 17 <= n; i += 16) {
-            __m128i a = _mm_loadu_si128((const __m128i *)(src + i));
-            __m128i b = _mm_loadu_si128((const __m128i *)(src + i + 1));
-            unsigned m = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(a, lf));
-            if (m) {
-                unsigned d = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(b, dot));
-                extra += __builtin_popcount(m) + __builtin_popcount(m & d);
-            }
-        }
+        Py_ssize_t extra = 0, dots = 0, i;
+        i = qr_count_blocks(src, n, &extra, &dots);
+        extra += dots;
         for (; i < n; i++)
             if (src[i] == '\\n')
                 extra += 1 + (i + 1 < n && src[i + 1] == '.');
@@ -154,18 +177,8 @@ cdef extern from *:
     static void qr_body_counts(const unsigned char *src, Py_ssize_t n,
                                Py_ssize_t *lfs, Py_ssize_t *dots)
     {
-        Py_ssize_t l = 0, d = 0, i = 0;
-        const __m128i lf = _mm_set1_epi8('\\n'), dot = _mm_set1_epi8('.');
-        for (; i + 17 <= n; i += 16) {
-            __m128i a = _mm_loadu_si128((const __m128i *)(src + i));
-            unsigned m = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(a, lf));
-            if (m) {
-                __m128i b = _mm_loadu_si128((const __m128i *)(src + i + 1));
-                unsigned e = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(b, dot));
-                l += __builtin_popcount(m);
-                d += __builtin_popcount(m & e);
-            }
-        }
+        Py_ssize_t l = 0, d = 0, i;
+        i = qr_count_blocks(src, n, &l, &d);
         for (; i < n; i++)
             if (src[i] == '\\n') {
                 l++;
