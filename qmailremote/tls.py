@@ -42,8 +42,8 @@ __all__ = ["TlsControls", "Starter", "SMTPS_PORT"]
 
 SMTPS_PORT = 465
 
-# Opportunistic, mandatory (and verified), none.
-MAY, MUST, NONE = "may", "must", "none"
+# A Starter's mode: opportunistic, or mandatory (and verified).
+MAY, MUST = "may", "must"
 
 _NO_SSL = b"no TLS support in this Python"
 # Longer names cannot be file names (NAME_MAX is 255 with ".pem" added).
