@@ -3,9 +3,10 @@
 netqmail ``chdir``s to its home and reads ``control/me``,
 ``control/timeoutremote``, ``control/timeoutconnect``, ``control/helohost``
 and ``control/smtproutes``, in that order (``getcontrols``; reference
-section 4).  After them, two files of ours are looked at for their
-existence only: ``control/noesmtp`` (netqmail 1.06's dialogue: HELO, no
-extension) and ``control/nochunking`` (ESMTP without BDAT).  Here the home
+section 4).  After them come ``control/noesmtp`` (netqmail 1.06's
+dialogue: HELO, no extension), then, in the ESMTP profile only,
+``control/authsenders`` (routes by sender, with credentials), and
+``control/nochunking`` (ESMTP without BDAT).  Here the home
 is opened as a directory descriptor instead of being made the working
 directory, so that the :func:`qmailremote.deliver` API leaves the
 caller's process alone; every path is still resolved relative to the
@@ -31,10 +32,10 @@ class Controls:
     """What the control files say."""
 
     __slots__ = ("helohost", "timeoutremote", "timeoutconnect", "routes",
-                 "esmtp", "chunking")
+                 "esmtp", "chunking", "authsenders")
 
     def __init__(self, helohost, timeoutremote=1200, timeoutconnect=60,
-                 routes=(), esmtp=True, chunking=True):
+                 routes=(), esmtp=True, chunking=True, authsenders=()):
         self.helohost = helohost
         self.timeoutremote = timeoutremote
         self.timeoutconnect = timeoutconnect
@@ -44,6 +45,8 @@ class Controls:
         self.esmtp = esmtp
         # False under control/nochunking: DATA even where BDAT is offered.
         self.chunking = chunking
+        # control/authsenders entries (ESMTP only), as routes.
+        self.authsenders = list(authsenders)
 
 
 def open_home(home=None):
@@ -190,11 +193,14 @@ def read_controls(home_fd):
             raise Failure(TEMP_CONTROL)
         helohost = me
     routes = read_control(home_fd, "smtproutes", whole=True)
+    esmtp = not control_exists(home_fd, "noesmtp")
+    authsenders = read_control(home_fd, "authsenders") if esmtp else None
     return Controls(
         helohost=helohost,
         timeoutremote=parse_int(timeoutremote, 1200),
         timeoutconnect=parse_int(timeoutconnect, 60),
         routes=route_entries(routes) if routes else (),
-        esmtp=not control_exists(home_fd, "noesmtp"),
+        esmtp=esmtp,
         chunking=not control_exists(home_fd, "nochunking"),
+        authsenders=route_entries(authsenders) if authsenders else (),
     )

@@ -13,7 +13,7 @@ from .control import open_home, read_controls
 from .report import (PERM_AMBIGMX, PERM_CRLF, PERM_NOMX, PERM_USAGE,
                      TEMP_DNS, TEMP_DNSCANON, TEMP_NOCONN, TEMP_NOMEM,
                      TEMP_OSERR, Failure, Report, Result, perm_dns)
-from .routes import SMTP_PORT, build_table, find_route
+from .routes import SMTP_PORT, build_table, find_route, find_sender_route
 
 __all__ = ["deliver", "quote", "mangle"]
 
@@ -138,11 +138,18 @@ def _run(host, sender, recipients, message, home, resolver):
             # SIZE= needs a pass over the message: it runs beside DNS, the
             # connection and EHLO (nothing is read from a pipe here).
             message.count_ahead()
-        route = find_route(build_table(controls.routes), host)
         # Deviation 4: an address with CR or LF would inject commands.
         if any(b"\r" in a or b"\n" in a for a in (sender, *recipients)):
             raise Failure(PERM_CRLF)
         sender = mangle(sender)
+        # control/authsenders (ESMTP only) routes by sender, before
+        # smtproutes, as in sagredo's and s/qmail's qmail-remote.
+        route = None
+        if controls.authsenders:
+            route = find_sender_route(build_table(controls.authsenders),
+                                      sender)
+        if route is None:
+            route = find_route(build_table(controls.routes), host)
         try:
             me = ipme()
         except OSError:

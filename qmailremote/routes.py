@@ -1,29 +1,62 @@
-"""The smtproutes table and its lookup (reference section 5).
+"""The smtproutes table and its lookup (reference section 5), with the
+patched qmails' credentials, and control/authsenders.
 
 netqmail builds a case-insensitive ``constmap`` from ``key:value`` entries
 (the last duplicate wins) and looks up the whole host, then every suffix
 that starts at a ``.`` (longest first), then the empty key.  The first key
 found ends the search; an empty value means "use MX as usual".
+
+A value may carry SMTP AUTH credentials, in any of the three dialects the
+patched qmails use; each line is recognised by itself (a relay host name
+never holds ``|``, ``;`` or a space):
+
+* sagredo: ``relay:port|user|password``;
+* s/qmail: ``relay;port|user|password``;
+* indimail and qmail-ldap: ``relay:port user password`` (``:port`` may be
+  left out; further space-separated fields, indimail's ``envstr``, are
+  ignored).
+
+With ``|``, the user runs to the second ``|`` and the password is all the
+rest, ``:`` and ``|`` included; with spaces, the user and the password are
+the first two space-separated fields after the relay and its port, and a
+password holds no space.  A value that does not have both a user and a
+password in one of these forms keeps netqmail 1.06's meaning byte for byte.
+
+``control/authsenders`` (sagredo, s/qmail) routes by envelope sender
+instead, with the same values; its keys are a whole address, ``@domain``,
+``.domain`` or empty, looked up in that order (longest suffix first), and
+a match takes precedence over smtproutes.
 """
 
 from .control import scan_ulong
 
-__all__ = ["Route", "build_table", "find_route"]
+__all__ = ["Route", "build_table", "find_route", "find_sender_route",
+           "parse_route"]
 
 SMTP_PORT = 25
 
 
 class Route:
-    """A matched non-empty route: the relay text and the port."""
+    """A matched non-empty route: the relay text, the port, credentials."""
 
-    __slots__ = ("relay", "port")
+    __slots__ = ("relay", "port", "user", "password")
 
-    def __init__(self, relay, port=SMTP_PORT):
+    def __init__(self, relay, port=SMTP_PORT, user=None, password=None):
         self.relay = relay
         self.port = port
+        # Both bytes, or both None: AUTH only with a user and a password.
+        self.user = user
+        self.password = password
+
+    @property
+    def has_credentials(self):
+        return self.user is not None
 
     def __repr__(self):
-        return f"Route({self.relay!r}, {self.port})"
+        # Never the password: a repr ends up in logs and test reports.
+        secret = ", user=%r, password=<hidden>" % (self.user,) \
+            if self.has_credentials else ""
+        return f"Route({self.relay!r}, {self.port}{secret})"
 
 
 def build_table(entries):
@@ -43,6 +76,39 @@ def _scan_port(text):
     return scan_ulong(text)[0] % 65536
 
 
+def _credentials(value):
+    """(hostport, user, password, semicolon) when *value* has credentials.
+
+    *semicolon* says the port follows ``;`` (s/qmail).  None otherwise.
+    """
+    bar = value.find(b"|")
+    space = value.find(b" ")
+    if bar >= 0 and (space < 0 or bar < space):
+        user, second, password = value[bar + 1:].partition(b"|")
+        if not (second and user and password):
+            return None
+        hostport = value[:bar]
+        return hostport, user, password, b";" in hostport
+    if space >= 0:
+        fields = [f for f in value[space + 1:].split(b" ") if f]
+        if len(fields) < 2:
+            return None
+        return value[:space], fields[0], fields[1], False
+    return None
+
+
+def parse_route(value):
+    """The Route a non-empty smtproutes or authsenders value names."""
+    found = _credentials(value)
+    if found is None:
+        relay, colon, port = value.partition(b":")
+        return Route(relay, _scan_port(port) if colon else SMTP_PORT)
+    hostport, user, password, semicolon = found
+    relay, sep, port = hostport.partition(b";" if semicolon else b":")
+    return Route(relay, _scan_port(port) if sep else SMTP_PORT, user,
+                 password)
+
+
 def find_route(table, host):
     """The Route for *host*, or None to deliver by MX."""
     value = None
@@ -53,5 +119,22 @@ def find_route(table, host):
                 break
     if not value:
         return None
-    relay, colon, port = value.partition(b":")
-    return Route(relay, _scan_port(port) if colon else SMTP_PORT)
+    return parse_route(value)
+
+
+def find_sender_route(table, sender):
+    """control/authsenders: the Route for the (quoted) *sender*, or None.
+
+    Keys are tried as sagredo's qmail-remote tries them: the whole
+    address, then each suffix that starts at ``@`` or ``.``, then the
+    empty key.
+    """
+    value = None
+    for i in range(len(sender) + 1):
+        if i == 0 or i == len(sender) or sender[i] in (46, 64):  # '.', '@'
+            value = table.get(sender[i:].lower())
+            if value is not None:
+                break
+    if not value:
+        return None
+    return parse_route(value)
