@@ -171,6 +171,10 @@ def _run(host, sender, recipients, message, home, resolver):
         port = route.port if route is not None else SMTP_PORT
         tcpto = TcpTo(home_fd)
         tls = TlsControls(home_fd) if controls.esmtp else None
+        credentials = None
+        if controls.esmtp and route is not None and route.has_credentials:
+            from .auth import credentials_for
+            credentials = credentials_for(home_fd, route)
         for ip, name in _candidates(addresses, me, route, all_aliases):
             if tcpto.skip(ip):
                 continue
@@ -187,7 +191,7 @@ def _run(host, sender, recipients, message, home, resolver):
             from .esmtp import dialogue
             args = (controls.helohost, sender, recipients, message,
                     controls.chunking)
-            result = session.run(dialogue, *args, starter)
+            result = session.run(dialogue, *args, starter, credentials)
             if starter is not None and starter.fell_back:
                 # The opportunistic handshake failed: once more, in clear.
                 sock, timed_out = connect(ip, port, controls.timeoutconnect)
@@ -195,7 +199,7 @@ def _run(host, sender, recipients, message, home, resolver):
                     tcpto.update(ip, timed_out)
                     continue
                 session = Session(sock, ip_text(ip), controls.timeoutremote)
-                return session.run(dialogue, *args, None)
+                return session.run(dialogue, *args, None, credentials)
             if starter is not None and result.accepted:
                 result.message = Report("K", result.message.text +
                                         starter.report_line())

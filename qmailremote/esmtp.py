@@ -2,7 +2,8 @@
 
 EHLO (HELO on the same connection when EHLO is not answered 250), TLS as
 :mod:`qmailremote.tls` decides (STARTTLS, then EHLO again; or SMTPS on
-port 465), then, by what the server advertised
+port 465), AUTH to a relay with credentials (:mod:`qmailremote.auth`),
+then, by what the server advertised
 (:mod:`qmailremote.capabilities`):
 
 * SIZE (RFC 1870): ``SIZE=`` the body's exact size on the wire (CRLF
@@ -96,13 +97,18 @@ def needs_smtputf8(sender, recipients, survey):
 
 
 def dialogue(session, helohost, sender, recipients, message, chunking=True,
-             tls=None):
+             tls=None, auth=None):
     """One ESMTP delivery on *session*; returns a report or raises one.
 
     *tls* is the connection's :class:`qmailremote.tls.Starter` (None: no
-    TLS).
+    TLS); *auth* the relay's :class:`qmailremote.auth.Credentials` (None:
+    no AUTH).
     """
     caps = _open(session, helohost, tls)
+    if auth is not None:
+        from .auth import authenticate
+        authenticate(session, caps, auth,
+                     secure=tls is not None and tls.version is not None)
     survey = message.survey(count=caps.size_offered)
     utf8 = needs_smtputf8(sender, recipients, survey)
     if utf8 and not caps.smtputf8:
@@ -116,6 +122,8 @@ def dialogue(session, helohost, sender, recipients, message, chunking=True,
         params.append(b" SIZE=%d" % size)
     if utf8:
         params.append(b" SMTPUTF8")
+    if auth is not None:
+        params.append(b" AUTH=<>")    # RFC 4954 5: no identity vouched for
     mail = (b"MAIL FROM:<", sender, b">", *params, b"\r\n")
 
     if not caps.pipelining:
