@@ -341,8 +341,9 @@ def qmail_remote_command():
     return found
 
 
-def write_home(home, port, flags=()):
-    """control/me and a default route to *port*; *flags*: empty files."""
+def write_home(home, port, flags=(), credentials=""):
+    """control/me and a default route to *port*; *flags*: empty files;
+    *credentials*: appended to the route (``|user|password``)."""
     control = os.path.join(home, "control")
     os.makedirs(control, exist_ok=True)
     for name in flags:
@@ -350,7 +351,7 @@ def write_home(home, port, flags=()):
     with open(os.path.join(control, "me"), "w") as f:
         f.write(HELO + "\n")
     with open(os.path.join(control, "smtproutes"), "w") as f:
-        f.write(f":127.0.0.1:{port}\n")
+        f.write(f":127.0.0.1:{port}{credentials}\n")
 
 
 class CHome:
@@ -1220,11 +1221,17 @@ RTT_SCENARIOS = {
     "esmtp+pipelining": ([], {"size": 0, "pipelining": True}, 1 << 10, "K"),
     "esmtp+pipelining+chunking": ([], FULL, 1 << 10, "K"),
     "size-refused": ([], dict(FULL, size=REFUSE_LIMIT), 1 << 20, "D"),
+    # A relay with credentials (sagredo's smtproutes syntax): AUTH PLAIN
+    # with its initial response, on loopback (no TLS needed there).
+    "esmtp+pipelining+chunking+auth": ([], dict(FULL, auth=True), 1 << 10,
+                                       "K"),
 }
+RTT_CREDENTIALS = {"esmtp+pipelining+chunking+auth": "|bench|secret"}
 RTT_EXPECTED = {"noesmtp": 5.5, "esmtp": 5.5, "esmtp+chunking": 4.5,
                 "esmtp+pipelining": 3.5, "esmtp+pipelining+chunking": 2.5,
-                "size-refused": 1.5}
-RTT_TARGETS = {"esmtp+pipelining": 3.7, "esmtp+pipelining+chunking": 2.7}
+                "size-refused": 1.5, "esmtp+pipelining+chunking+auth": 3.5}
+RTT_TARGETS = {"esmtp+pipelining": 3.7, "esmtp+pipelining+chunking": 2.7,
+               "esmtp+pipelining+chunking+auth": 3.7}
 
 
 def rtt_scenarios(args, workdir, progress):
@@ -1250,7 +1257,8 @@ def rtt_scenarios(args, workdir, progress):
             homes = {}
             for via, port in (("relay", relay.port), ("direct", sink.port)):
                 homes[via] = os.path.join(workdir, f"rtt-{name}-{via}")
-                write_home(homes[via], port, flags)
+                write_home(homes[via], port, flags,
+                           RTT_CREDENTIALS.get(name, ""))
             setups[name] = (sink, relay, homes, size, outcome)
             out[name] = {"relay": [], "direct": [], "timing": [],
                          "sink_received": [], "errors": []}
