@@ -685,6 +685,19 @@ def big_chunks(message=BIG):
             for i in range(0, len(message), CHUNK)]
 
 
+def big_lockstep_script(parts):
+    """A lock-step CHUNKING server with SIZE, taking BIG in *parts*."""
+    script = [send(b"220 ok\r\n"), expect_line(EHLO),
+              send(ehlo(b"CHUNKING", b"SIZE")),
+              expect_line(b"MAIL FROM:<a@b.example> SIZE=2525000\r\n"),
+              send(OK), expect_line(RCPT_LINE), send(OK)]
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        script += [*read_bdat(part, last), send(FINAL if last else OK)]
+    script += [read_to_eof(QUIT)]
+    return script
+
+
 def test_bdat_last_chunk_of_a_mapped_file_is_released(home, tmp_path,
                                                       monkeypatch):
     """The LAST chunk, cut at the surveyed size, must not keep the file's
@@ -694,16 +707,7 @@ def test_bdat_last_chunk_of_a_mapped_file_is_released(home, tmp_path,
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     path = tmp_path / "message"
     path.write_bytes(BIG)
-    parts = big_chunks()
-    script = [send(b"220 ok\r\n"), expect_line(EHLO),
-              send(ehlo(b"CHUNKING", b"SIZE")),
-              expect_line(b"MAIL FROM:<a@b.example> SIZE=2525000\r\n"),
-              send(OK), expect_line(RCPT_LINE), send(OK)]
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        script += [*read_bdat(part, last), send(FINAL if last else OK)]
-    script += [read_to_eof(QUIT)]
-    out, srv = run(home, script, message=str(path))
+    out, srv = run(home, big_lockstep_script(big_chunks()), message=str(path))
     gc.collect()
     assert out == b"r\0" + K
     assert [u.exc_value for u in unraisable] == []
@@ -712,15 +716,7 @@ def test_bdat_last_chunk_of_a_mapped_file_is_released(home, tmp_path,
 def test_bdat_several_chunks_lockstep(home):
     parts = big_chunks()
     assert len(parts) == 3
-    script = [send(b"220 ok\r\n"), expect_line(EHLO),
-              send(ehlo(b"CHUNKING", b"SIZE")),
-              expect_line(b"MAIL FROM:<a@b.example> SIZE=2525000\r\n"),
-              send(OK), expect_line(RCPT_LINE), send(OK)]
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        script += [*read_bdat(part, last), send(FINAL if last else OK)]
-    script += [read_to_eof(QUIT)]
-    out, srv = run(home, script, message=BIG)
+    out, srv = run(home, big_lockstep_script(parts), message=BIG)
     assert out == b"r\0" + K
     assert srv.received[0] == (
         EHLO + b"MAIL FROM:<a@b.example> SIZE=2525000\r\n" + RCPT_LINE +
