@@ -346,17 +346,20 @@ def test_handshake_timeout_retries_in_plaintext(home, dns):
     assert srv.received[1] == EHLO + TRANSACTION
 
 
-def test_failed_retry_connection_is_noconn(home, dns):
-    def handler(server, sock):
-        sock.sendall(b"220 ok\r\n")
-        assert server.read_line(sock) == EHLO
-        sock.sendall(CAPS_TLS)
-        assert server.read_line(sock) == STARTTLS
-        sock.sendall(b"220 go ahead\r\n")
-        assert sock.recv(65536)[:2] == b"\x16\x03"      # the ClientHello
-        sock.sendall(b"garbage garbage\r\n")
+def garbage_after_client_hello(server, sock):
+    """A OneShotServer handler: STARTTLS accepted, then no TLS at all."""
+    sock.sendall(b"220 ok\r\n")
+    assert server.read_line(sock) == EHLO
+    sock.sendall(CAPS_TLS)
+    assert server.read_line(sock) == STARTTLS
+    sock.sendall(b"220 go ahead\r\n")
+    assert sock.recv(65536)[:2] == b"\x16\x03"      # the ClientHello
+    sock.sendall(b"garbage garbage\r\n")
 
-    with OneShotServer(handler) as srv:
+
+def test_failed_retry_connection_is_noconn(home, dns):
+
+    with OneShotServer(garbage_after_client_hello) as srv:
         out = send_mail(home, dns, srv.port)
         srv.join()
     assert out == NOCONN
@@ -367,14 +370,6 @@ def test_failed_retry_connection_goes_to_the_next_address(home, dns):
     """mx.example has two addresses; the first fails the handshake, then
     refuses the retry: the second address gets the message, with STARTTLS
     tried again (opportunistic) and refused there."""
-    def handler(server, sock):
-        sock.sendall(b"220 ok\r\n")
-        assert server.read_line(sock) == EHLO
-        sock.sendall(CAPS_TLS)
-        assert server.read_line(sock) == STARTTLS
-        sock.sendall(b"220 go ahead\r\n")
-        assert sock.recv(65536)[:2] == b"\x16\x03"      # the ClientHello
-        sock.sendall(b"garbage garbage\r\n")
 
     second = [send(b"220 two\r\n"), expect_line(EHLO), send(CAPS_TLS),
               expect_line(STARTTLS), send(b"454 not today\r\n"),
@@ -383,7 +378,8 @@ def test_failed_retry_connection_goes_to_the_next_address(home, dns):
     for _ in range(5):          # the second server's port must be free here
         with ScriptedServer(second, host="127.0.0.2") as other:
             try:
-                first = OneShotServer(handler, port=other.port)
+                first = OneShotServer(garbage_after_client_hello,
+                                      port=other.port)
             except OSError:
                 continue
             with first:
