@@ -100,7 +100,8 @@ def authenticate(session, caps, credentials, secure):
             break
     else:
         session.stop(_z(session, b"it offers no AUTH mechanism I use (" +
-                        _safe(b" ".join(offered)) + b"). (#4.7.0)"))
+                        b" ".join(_safe(m) for m in offered) +
+                        b"). (#4.7.0)"))
     _EXCHANGES[mechanism](session, credentials, mechanism)
 
 
@@ -114,7 +115,8 @@ def _b64(data):
 
 def _challenge(session, text, mechanism):
     """The base64 data of a 334 reply's last line, decoded."""
-    line = text.rsplit(b"\n", 1)[-1][4:].strip()
+    # The stored text ends each line with LF: the last line is before it.
+    line = text.rstrip(b"\n").rsplit(b"\n", 1)[-1][4:].strip()
     try:
         return base64.b64decode(line, validate=True)
     except ValueError:
@@ -160,8 +162,10 @@ def _done(session, mechanism, reply):
 
 def _plain(session, credentials, mechanism):
     token = b"\0" + credentials.user + b"\0" + credentials.password
-    _done(session, mechanism,
-          _step(session, mechanism, b"AUTH PLAIN ", _b64(token)))
+    reply = _step(session, mechanism, b"AUTH PLAIN ", _b64(token))
+    if reply[0] == 334:         # a challenge after the whole response
+        _cancel(session, mechanism)
+    _done(session, mechanism, reply)
 
 
 def _login(session, credentials, mechanism):
@@ -200,8 +204,10 @@ def _scram_sha256(session, credentials, mechanism):
     reply = _step(session, mechanism, b"AUTH SCRAM-SHA-256 ",
                   _b64(b"n,," + first_bare))
     if reply[0] != 334:
+        if reply[0] == 235:
+            session.stop(_z(session, b"it did not prove its identity "
+                            b"(AUTH " + mechanism + b"). (#4.7.0)"))
         _done(session, mechanism, reply)
-        return
     server_first = _challenge(session, reply[1], mechanism)
     fields = _scram_fields(server_first)
     try:
@@ -222,16 +228,20 @@ def _scram_sha256(session, credentials, mechanism):
     proof = bytes(a ^ b for a, b in zip(client_key, signature))
     reply = _step(session, mechanism,
                   _b64(final_bare + b",p=" + base64.b64encode(proof)))
-    if reply[0] == 334:
-        server_final = _scram_fields(_challenge(session, reply[1],
-                                                mechanism))
-        server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-        expected = base64.b64encode(hmac.new(server_key, message,
-                                             hashlib.sha256).digest())
-        if not hmac.compare_digest(server_final.get(b"v", b""), expected):
-            _cancel(session, mechanism)
-        reply = _step(session, mechanism, b"")
-    _done(session, mechanism, reply)
+    if reply[0] != 334:
+        # The server must prove it knows the password (RFC 5802 3): a
+        # 235 without its signature could come from anyone.
+        if reply[0] == 235:
+            session.stop(_z(session, b"it did not prove its identity "
+                            b"(AUTH " + mechanism + b"). (#4.7.0)"))
+        _done(session, mechanism, reply)
+    server_final = _scram_fields(_challenge(session, reply[1], mechanism))
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    expected = base64.b64encode(hmac.new(server_key, message,
+                                         hashlib.sha256).digest())
+    if not hmac.compare_digest(server_final.get(b"v", b""), expected):
+        _cancel(session, mechanism)
+    _done(session, mechanism, _step(session, mechanism, b""))
 
 
 def _scram_fields(data):

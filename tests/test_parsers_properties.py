@@ -4,16 +4,23 @@ Each parser is checked on random bytes against a byte-at-a-time
 transcription of the netqmail routine it mirrors (control.c, constmap.c,
 ip.c, quote.c); none of them may raise.  Digit runs longer than CPython's
 int-to-str limit (4300 digits) are checked against an unbounded reference.
+
+smtproutes and authsenders values with SMTP AUTH credentials (issue 11) are
+checked against a regex oracle written from routes.py's docstring: a value
+it finds no credentials in keeps 1.06's relay and port; lines rendered in
+each dialect read back as the fields they were made from.
 """
 
+import re
 import sys
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from qmailremote.control import parse_int, route_entries, scan_ulong
 from qmailremote.delivery import mangle
 from qmailremote.mx import ip_literal
-from qmailremote.routes import build_table, find_route
+from qmailremote.routes import (Route, build_table, find_route,
+                                find_sender_route)
 
 # Bytes that matter to these parsers, plus anything else now and then.
 special = st.sampled_from(b"\n\r\t :#.\0[]@\"\\0123456789aAzZ")
@@ -55,8 +62,66 @@ def test_route_entries(data):
     assert route_entries(data) == readfile_oracle(data)
 
 
+def port_oracle(text):
+    """timeoutconn's port: scan_ulong's leading digits, modulo 65536."""
+    digits = b""
+    for ch in text:
+        if not 48 <= ch <= 57:
+            break
+        digits += bytes([ch])
+    return int(digits or b"0") % 65536
+
+
+def route_106(value):
+    """netqmail 1.06: relay up to the first ':', the port after it."""
+    relay, colon, port = value.partition(b":")
+    return relay, port_oracle(port) if colon else 25
+
+
+# The credential forms of issue 11, from routes.py's docstring: the relay
+# and its port run to the first '|' or space, whichever comes first.
+#   '|': user = up to the second '|' (non-empty), password = all the rest
+#        (non-empty; ':' and '|' included); the port follows ';' when the
+#        relay part holds one (s/qmail), else ':' (sagredo);
+#   ' ': user and password = the first two space-separated fields (no
+#        space in either; further fields ignored); the port follows ':'.
+_BAR_FORM = re.compile(rb"([^| ]*)\|([^|]+)\|(.+)", re.S)
+_SPACE_FORM = re.compile(rb"([^| ]*) +([^ ]+) +([^ ]+)(?: .*)?", re.S)
+
+
+def credentials_oracle(value):
+    """(relay, port, user, password) when *value* has credentials."""
+    match = _BAR_FORM.fullmatch(value)
+    if match is not None:
+        hostport, user, password = match.groups()
+        if b";" in hostport:
+            relay, _, port = hostport.partition(b";")
+            return relay, port_oracle(port), user, password
+        return (*route_106(hostport), user, password)
+    match = _SPACE_FORM.fullmatch(value)
+    if match is not None:
+        hostport, user, password = match.groups()
+        return (*route_106(hostport), user, password)
+    return None
+
+
+def check_route(route, value):
+    """*route* is what *value* means: credentials, or 1.06's relay/port."""
+    found = credentials_oracle(value)
+    if found is None:
+        assert (route.relay, route.port) == route_106(value)
+        assert (route.user, route.password) == (None, None)
+        assert not route.has_credentials
+    else:
+        assert (route.relay, route.port, route.user, route.password) == found
+        assert route.has_credentials
+
+
 @SETTINGS
 @given(st.lists(some_bytes, max_size=8), some_bytes)
+# Credentials (issue 11): 1.06 would say relay "relay user pass", port 25.
+@example([b"h:relay user pass"], b"h")
+@example([b"h:relay:26|u|p:w|d"], b"h")
 def test_route_lookup(entries, host):
     expected = None
     for i in range(len(host) + 1):
@@ -68,14 +133,142 @@ def test_route_lookup(entries, host):
     if not expected:
         assert route is None
     else:
-        relay, colon, port = expected.partition(b":")
-        assert route.relay == relay
-        digits = b""
-        for ch in port:
-            if not 48 <= ch <= 57:
-                break
-            digits += bytes([ch])
-        assert route.port == (int(digits or b"0") % 65536 if colon else 25)
+        # 1.06's relay and port unless the value has credentials.
+        check_route(route, expected)
+
+
+# Values rich in what the credential forms are made of: random bytes, and
+# runs of short words between separators.
+route_special = st.sampled_from(b"|;: :|0123456789aZ.[]\t\r#=")
+route_values = st.one_of(
+    st.lists(st.one_of(route_special, route_special, st.integers(0, 255)),
+             max_size=40).map(bytes),
+    st.lists(st.one_of(
+        st.sampled_from([b"|", b" ", b";", b":", b"  ", b"||", b"relay",
+                         b"587", b"u", b"p:w|d"]),
+        st.binary(max_size=4)), max_size=8).map(b"".join),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(route_values)
+def test_values_without_credentials_keep_106_meaning(value):
+    """Issue 11: a value without credentials (per the oracle above) gives
+    exactly 1.06's relay and port; one with them, the oracle's fields."""
+    route = find_route(build_table([b"h:" + value]), b"h")
+    if not value:
+        assert route is None
+        return
+    check_route(route, value)
+
+
+# --- credentials: render a line in each dialect, parse it back ---------------
+
+def _no(*excluded):
+    """1-12 bytes, none of *excluded*; often printable ASCII."""
+    drop = bytes(excluded)
+    return st.one_of(
+        st.binary(min_size=1, max_size=12),
+        st.text(st.characters(min_codepoint=33, max_codepoint=126),
+                min_size=1, max_size=12).map(str.encode),
+    ).map(lambda b: b.translate(None, drop)).filter(bool)
+
+
+KEYS = st.from_regex(rb"[a-z0-9-]{1,10}(\.[a-z0-9-]{1,10}){0,3}",
+                     fullmatch=True)
+# Control file lines: no NUL, no LF; the end of a line loses its spaces
+# and TABs (control_readfile), so a password never ends with one.
+LINE_SAFE = (0, 10)
+PORTS = st.one_of(st.none(), st.integers(0, 10 ** 7).flatmap(
+    lambda n: st.sampled_from([b"%d" % n, b"0%d" % n])))
+
+
+def _password(*excluded):
+    return _no(*LINE_SAFE, *excluded).filter(
+        lambda p: p[-1:] not in (b" ", b"\t"))
+
+
+@st.composite
+def credential_lines(draw):
+    """(dialect, key, line, expected (relay, port, user, password))."""
+    dialect = draw(st.sampled_from(["sagredo", "sqmail", "indimail"]))
+    key = draw(KEYS)
+    port_text = draw(PORTS)
+    port = 25 if port_text is None else int(port_text) % 65536
+    if dialect == "sagredo":
+        relay = draw(_no(*LINE_SAFE, *b"|;: "))
+        user = draw(_no(*LINE_SAFE, *b"|"))
+        password = draw(_password())
+        hostport = relay + (b"" if port_text is None else b":" + port_text)
+        line = hostport + b"|" + user + b"|" + password
+    elif dialect == "sqmail":
+        relay = draw(_no(*LINE_SAFE, *b"|; "))       # ':' allowed (IPv6)
+        user = draw(_no(*LINE_SAFE, *b"|"))
+        password = draw(_password())
+        if port_text is None and b":" in relay:
+            port_text, port = b"25", 25   # else 1.06 would split at ':'
+        hostport = relay + (b"" if port_text is None else b";" + port_text)
+        line = hostport + b"|" + user + b"|" + password
+    else:
+        relay = draw(_no(*LINE_SAFE, *b"|;: "))
+        user = draw(_no(*LINE_SAFE, *b" "))
+        password = draw(_password(*b" "))
+        extra = b"".join(b" " * draw(st.integers(1, 3)) + field for field in
+                         draw(st.lists(_no(*LINE_SAFE, *b" "), max_size=2)))
+        penalty = draw(st.sampled_from([b"", b":10:3"]))
+        hostport = relay + (b"" if port_text is None else
+                            b":" + port_text + penalty)
+        gap = b" " * draw(st.integers(1, 3))
+        line = hostport + gap + user + gap + password + extra
+    return dialect, key, key + b":" + line, (relay, port, user, password)
+
+
+@settings(max_examples=300, deadline=None)
+@given(credential_lines())
+def test_credentials_round_trip(case):
+    """A line rendered in its dialect reads back as the same fields, from
+    a control file, and the oracle agrees."""
+    dialect, key, line, expected = case
+    table = build_table(route_entries(b"# comment\n" + line + b"\n"))
+    route = find_route(table, key)
+    assert (route.relay, route.port, route.user, route.password) == expected
+    assert credentials_oracle(line.partition(b":")[2]) == expected
+    # The repr never depends on the password.
+    assert repr(route) == repr(Route(route.relay, route.port, route.user,
+                                     b"other"))
+    assert "<hidden>" in repr(route)
+
+
+# --- control/authsenders -----------------------------------------------------
+
+SENDER_PARTS = st.sampled_from([b"a", b"B", b"@", b".", b"x.", b"@c", b"D"])
+SENDERS = st.lists(SENDER_PARTS, max_size=6).map(b"".join)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.one_of(SENDERS, SENDERS.map(b"@".__add__),
+                                    SENDERS.map(b".".__add__)),
+                          st.sampled_from([b"", b"r1", b"r2|u|p",
+                                           b"r3:26 u p", b"r4;27|u|p:q"])),
+                max_size=8),
+       SENDERS)
+def test_sender_route_lookup(pairs, sender):
+    """Keys: the whole address, then each suffix starting at '@' or '.',
+    longest first, then the empty key; case-insensitive, the last
+    duplicate wins; an empty value means no sender route."""
+    entries = [key + b":" + value for key, value in pairs]
+    candidates = [sender] + [sender[i:] for i in range(1, len(sender))
+                             if sender[i:i + 1] in (b"@", b".")] + [b""]
+    expected = None
+    for key in candidates:
+        expected = constmap_oracle(entries, key)
+        if expected is not None:
+            break
+    route = find_sender_route(build_table(entries), sender)
+    if not expected:
+        assert route is None
+    else:
+        check_route(route, expected)
 
 
 @SETTINGS
