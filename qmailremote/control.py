@@ -6,7 +6,10 @@ and ``control/smtproutes``, in that order (``getcontrols``; reference
 section 4).  After them come ``control/noesmtp`` (netqmail 1.06's
 dialogue: HELO, no extension), then, in the ESMTP profile only,
 ``control/authsenders`` (routes by sender, with credentials), and
-``control/nochunking`` (ESMTP without BDAT).  Here the home
+``control/nochunking`` (ESMTP without BDAT).  The ESMTP profile's other
+files are read where they are used: the source address
+(:mod:`qmailremote.binding`), TLS (:mod:`qmailremote.tls`) and AUTH
+(:mod:`qmailremote.auth`).  Here the home
 is opened as a directory descriptor instead of being made the working
 directory, so that the :func:`qmailremote.deliver` API leaves the
 caller's process alone; every path is still resolved relative to the

@@ -124,6 +124,7 @@ def _candidates(addresses, me, route, all_aliases):
 
 
 def _run(host, sender, recipients, message, home, resolver):
+    from .binding import select_source
     from .mx import Resolver, ip_text, ipme
     from .session import Session, classic, connect
     from .tcpto import TcpTo
@@ -134,6 +135,11 @@ def _run(host, sender, recipients, message, home, resolver):
     home_fd = open_home(home)
     try:
         controls = read_controls(home_fd)
+        # The source address and its HELO name (ESMTP only; README,
+        # "Source address"), by the sender as given.
+        source = select_source(home_fd, sender) if controls.esmtp else None
+        if source is not None and source.helohost is not None:
+            controls.helohost = source.helohost
         if controls.esmtp:
             # SIZE= needs a pass over the message: it runs beside DNS, the
             # connection and EHLO (nothing is read from a pipe here).
@@ -179,7 +185,8 @@ def _run(host, sender, recipients, message, home, resolver):
             if tcpto.skip(ip):
                 continue
             starter = tls.starter(name, port) if tls is not None else None
-            sock, timed_out = connect(ip, port, controls.timeoutconnect)
+            sock, timed_out = connect(ip, port, controls.timeoutconnect,
+                                      source)
             if sock is None:
                 tcpto.update(ip, timed_out)
                 continue
@@ -194,7 +201,8 @@ def _run(host, sender, recipients, message, home, resolver):
             result = session.run(dialogue, *args, starter, credentials)
             if starter is not None and starter.fell_back:
                 # The opportunistic handshake failed: once more, in clear.
-                sock, timed_out = connect(ip, port, controls.timeoutconnect)
+                sock, timed_out = connect(ip, port, controls.timeoutconnect,
+                                          source)
                 if sock is None:
                     tcpto.update(ip, timed_out)
                     continue

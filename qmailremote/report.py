@@ -13,7 +13,8 @@ __all__ = [
     "TEMP_NOMEM", "TEMP_OSERR", "TEMP_NOCONN", "TEMP_READ", "TEMP_DNSCANON",
     "TEMP_DNS", "TEMP_CHDIR", "TEMP_CONTROL", "PERM_PARTIALLINE",
     "PERM_USAGE", "PERM_NOMX", "PERM_AMBIGMX", "PERM_CRLF", "perm_dns",
-    "perm_size", "perm_smtputf8", "internal_error",
+    "perm_size", "perm_smtputf8", "internal_error", "temp_badip",
+    "temp_bind",
 ]
 
 
@@ -177,3 +178,18 @@ PERM_AMBIGMX = Report("D", b"Sorry. Although I'm listed as a best-preference "
 # Deviation 4 of the reference: refuse addresses that would inject commands.
 PERM_CRLF = Report("D", b"Sorry, I won't send an address with a CR or LF "
                         b"in it. (#5.1.3)\n")
+
+
+# Source-address binding (binding.py; ESMTP only).  Nothing but the file
+# name and the address is printed.
+def temp_badip(file):
+    """An address in control/outgoingip or domainbindings is not a dotted
+    quad (sagredo's text)."""
+    return Report("Z", b"invalid ipaddr in " + file + b" (#4.3.0)\n")
+
+
+def temp_bind(ip, file):
+    """bind() refused the address *ip* (a dotted quad) from *file*."""
+    return Report("Z", b"Unable to bind to " + ip + b" from " + file +
+                  b". (#4.3.0)\n")
+

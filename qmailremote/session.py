@@ -59,15 +59,23 @@ def _writable(sock, timeout):
             return False
 
 
-def connect(ip, port, timeout):
+def connect(ip, port, timeout, source=None):
     """timeoutconn(): (socket, None) on success, else (None, timed_out).
 
-    Raises Failure(TEMP_OSERR) when no socket can be made.
+    *source* (a :class:`qmailremote.binding.Source`) is bound, port 0,
+    before the connect.  Raises Failure(TEMP_OSERR) when no socket can be
+    made, and Failure(source.unbindable()) when the bind fails.
     """
     try:
         sock = _TcpSocket(socket.AF_INET, socket.SOCK_STREAM)
     except OSError:
         raise Failure(TEMP_OSERR) from None
+    if source is not None:
+        try:
+            source.bind(sock)
+        except OSError:
+            sock.close()
+            raise Failure(source.unbindable()) from None
     address = (socket.inet_ntoa(ip), port)
     try:
         sock.setblocking(False)
