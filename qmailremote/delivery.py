@@ -12,7 +12,8 @@ import os
 from .control import open_home, read_controls
 from .report import (PERM_AMBIGMX, PERM_CRLF, PERM_NOMX, PERM_USAGE,
                      TEMP_DNS, TEMP_DNSCANON, TEMP_NOCONN, TEMP_NOMEM,
-                     TEMP_OSERR, Failure, Report, Result, perm_dns)
+                     TEMP_OSERR, Failure, Report, Result, perm_dns,
+                     perm_nullmx)
 from .routes import SMTP_PORT, build_table, find_route, find_sender_route
 
 __all__ = ["deliver", "quote", "mangle"]
@@ -86,15 +87,20 @@ def _canonical_recipients(recipients, resolver_of):
     return mangled, all_aliases
 
 
-def _addresses(route, host, resolver_of):
-    """The address lookup and its outcome (reference section 8)."""
-    from .mx import HARD, SOFT, lookup_ip, lookup_mx
+def _addresses(route, host, resolver_of, null_mx):
+    """The address lookup and its outcome (reference section 8).
+
+    With *null_mx* (the ESMTP profile), RFC 7505's null MX is a bounce.
+    """
+    from .mx import HARD, NULLMX, SOFT, lookup_ip, lookup_mx
 
     if route is not None:
         found = lookup_ip(resolver_of(), route.relay)
         soft = False
     else:
-        found = lookup_mx(resolver_of(), host)
+        found = lookup_mx(resolver_of(), host, null_mx)
+        if found == NULLMX:
+            raise Failure(perm_nullmx(host))
         if found not in (HARD, SOFT):
             found, soft = found
     if found == SOFT:
@@ -173,7 +179,7 @@ def _run(host, sender, recipients, message, home, resolver):
                                                             resolver_of)
         else:
             recipients, all_aliases = [mangle(r) for r in recipients], False
-        addresses = _addresses(route, host, resolver_of)
+        addresses = _addresses(route, host, resolver_of, controls.esmtp)
         port = route.port if route is not None else SMTP_PORT
         tcpto = TcpTo(home_fd)
         tls = TlsControls(home_fd) if controls.esmtp else None

@@ -32,10 +32,11 @@ from .control import read_nonblocking, scan_ulong
 
 __all__ = ["SOFT", "HARD", "Resolver", "ip_literal", "ip_text",
            "name_to_wire", "name_from_wire",
-           "lookup_ip", "lookup_mx", "canonicalise", "ipme"]
+           "lookup_ip", "lookup_mx", "canonicalise", "ipme", "NULLMX"]
 
 SOFT = "soft"
 HARD = "hard"
+NULLMX = "nullmx"
 
 T_A = 1
 T_CNAME = 5
@@ -463,14 +464,18 @@ def _mx_order(found):
     return sorted(shuffled, key=lambda mx: mx[0])
 
 
-def lookup_mx(resolver, host):
+def lookup_mx(resolver, host, null_mx=False):
     """dns_mxip: (addresses, soft) with addresses as [(ip, pref, name)].
 
     *name* is the host name the address was found for (the MX, or *host*
     itself when it has no MX): qmail-tls's ``fqdn``, the key of the TLS
     policy files.  It is None for an IP literal.
 
-    Returns SOFT or HARD when the lookup as a whole failed.
+    Returns SOFT or HARD when the lookup as a whole failed, and, when
+    *null_mx* is set, NULLMX for RFC 7505's null MX: the answer's only MX
+    record has preference 0 and the root as its exchange.  A ``0 .``
+    among other MX records is not one (RFC 7505 3 forbids the mix): the
+    root is then an exchange without addresses, as in netqmail.
     """
     literal = ip_literal(host)
     if literal is not None:
@@ -481,6 +486,8 @@ def lookup_mx(resolver, host):
     found = [] if answers == HARD else _find_mx(answers)
     if found == SOFT:
         return SOFT
+    if null_mx and found == [(0, b".")]:
+        return NULLMX
     if not found:  # no MX (HARD, or e.g. only a CNAME): the A records
         addresses = lookup_ip(resolver, host)
         return addresses if addresses in (HARD, SOFT) else (addresses, False)

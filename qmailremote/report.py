@@ -13,8 +13,8 @@ __all__ = [
     "TEMP_NOMEM", "TEMP_OSERR", "TEMP_NOCONN", "TEMP_READ", "TEMP_DNSCANON",
     "TEMP_DNS", "TEMP_CHDIR", "TEMP_CONTROL", "PERM_PARTIALLINE",
     "PERM_USAGE", "PERM_NOMX", "PERM_AMBIGMX", "PERM_CRLF", "perm_dns",
-    "perm_size", "perm_smtputf8", "internal_error", "temp_badip",
-    "temp_bind",
+    "perm_size", "perm_smtputf8", "perm_nullmx", "internal_error",
+    "temp_badip", "temp_bind",
 ]
 
 
@@ -146,6 +146,12 @@ def perm_size(ip, size, limit):
     return Report("D", b"Connected to %s but the message is %d bytes, over "
                        b"the server's SIZE limit of %d. (#5.3.4)\n"
                   % (ip, size, limit))
+
+
+def perm_nullmx(host):
+    """RFC 7505: the domain publishes a null MX (ESMTP profile)."""
+    return Report("D", b"Sorry, " + outsafe(host) + b" does not accept "
+                       b"mail (null MX). (#5.1.10)\n")
 
 
 def perm_smtputf8(ip):

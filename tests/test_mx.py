@@ -443,6 +443,31 @@ def test_null_mx(srv, res):
     assert srv.count("mx.example", "A") == 0
 
 
+def test_null_mx_recognised_when_asked(srv, res):
+    """RFC 7505: the only MX is preference 0 with the root as exchange;
+    nothing else is asked (no A for the root, none for the host)."""
+    srv.add("mx.example", "MX", "0 .")
+    srv.add("mx.example", "A", "127.0.0.1")
+    assert mx.lookup_mx(res, b"mx.example", null_mx=True) == mx.NULLMX
+    assert srv.count(".", "A") == 0
+    assert srv.count("mx.example", "A") == 0
+
+
+@pytest.mark.parametrize("records", [
+    ["10 ."],                          # a preference other than 0
+    ["0 .", "10 a.example."],          # mixed with a real MX: not null MX
+    ["0 .", "0 ."],                    # two records (duplicates)
+    ["0 a.example."],                  # an ordinary exchange
+])
+def test_not_null_mx(srv, res, records):
+    srv.behave("mx.example", "answer", rdtype="MX", answer=[
+        "mx.example 60 IN MX " + r for r in records])
+    srv.add("a.example", "A", "127.0.0.7")
+    found = mx.lookup_mx(res, b"mx.example", null_mx=True)
+    assert found != mx.NULLMX
+    assert found == mx.lookup_mx(res, b"mx.example")  # as without the rule
+
+
 def test_big_mx_answer_over_tcp_is_used_whole(srv, res):
     """Deviation 6: no 512-byte cut."""
     names = [f"mx{n:03d}.example" for n in range(200)]
@@ -765,6 +790,14 @@ def test_deliver_hard_host_with_cr_is_not_refused(srv, run):
 def test_deliver_null_mx_is_5_4_4(srv, run):
     srv.add("mx.example", "MX", "0 .")
     assert run(b"mx.example") == NOMX
+
+
+def test_deliver_null_mx_bounces_in_the_esmtp_profile(srv, run, home):
+    (home / "control" / "noesmtp").unlink()
+    srv.add("mx.example", "MX", "0 .")
+    assert run(b"mx.example") == (b"DSorry, mx.example does not accept mail "
+                                  b"(null MX). (#5.1.10)\n\0")
+    assert [q[:2] for q in srv.queries] == [("mx.example", "MX")]
 
 
 def test_deliver_every_mx_host_hard_is_5_4_4(srv, run):
