@@ -39,6 +39,14 @@ DEFAULT_BUFFER = 1 << 20
 _SCAN_WINDOW = 4096
 
 
+def _as_bytes(data):
+    """*data* as bytes; TypeError for what has no buffer, as in Cython."""
+    if isinstance(data, bytes):
+        return data
+    with memoryview(data) as view:
+        return view.tobytes()
+
+
 def _blast(data, at_line_start):
     """Encode one chunk; return (encoded bytes, line start after it).
 
@@ -46,8 +54,7 @@ def _blast(data, at_line_start):
     of a one-byte one, so the rare ``\\n.`` are found with ``find`` and
     their dots doubled by one join, then every LF gets its CR.
     """
-    if not isinstance(data, bytes):
-        data = bytes(data)
+    data = _as_bytes(data)
     if not data:
         return b"", at_line_start
     pieces = [b"."] if at_line_start and data[0] == 46 else []
@@ -81,8 +88,7 @@ def body_counts(data, at_line_start):
     number of dots that start a line (each is doubled in DATA mode; a dot
     at ``data[0]`` starts a line when *at_line_start*).
     """
-    if not isinstance(data, bytes):
-        data = bytes(data)
+    data = _as_bytes(data)
     dots = data.count(b"\n.")
     if at_line_start and data[:1] == b".":
         dots += 1
@@ -162,7 +168,7 @@ class Writer:
         RFC 3030 bodies are not dot-stuffed and have no terminator; every
         LF still becomes CRLF, exactly as in :meth:`body`.  Nothing is sent.
         """
-        out = bytes(data).replace(b"\n", b"\r\n")
+        out = _as_bytes(data).replace(b"\n", b"\r\n")
         self._buf += b"BDAT %d%s\r\n" % (len(out), b" LAST" if last else b"")
         self._buf += out
 

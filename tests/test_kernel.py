@@ -966,3 +966,15 @@ def test_chunk_command_digits(kernel, n):
             writer.flush()
             assert bytes(wire.data) == (b"RCPT TO:<a@b>\r\n" + bdat(data, last)
                                         + bdat(b"\n", False))
+
+
+@pytest.mark.parametrize("call", [
+    lambda k: k.Encoder().encode(5),
+    lambda k: k.body_counts(5, True),
+    lambda k: k.Writer(bytearray().extend).body(5),
+    lambda k: k.Writer(bytearray().extend).chunk(5, True),
+], ids=["encode", "body_counts", "body", "chunk"])
+def test_an_int_is_not_a_buffer_in_either_kernel(kernel, call):
+    """bytes(5) would be five NULs: both twins refuse what has no buffer."""
+    with pytest.raises(TypeError):
+        call(kernel)
