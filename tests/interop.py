@@ -401,6 +401,22 @@ def _pid_gone(pid: int, deadline: float) -> bool:
     return False
 
 
+def _drain_then_stop(proc, spool: str) -> None:
+    """Wait (30 s at most) until *spool* holds no file, i.e. every message
+    the server took is delivered, then stop the daemon by its PID."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not any(files for _, _, files in os.walk(spool)):
+            break
+        time.sleep(0.05)
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _postfix_held(d: str) -> set[str]:
     p = subprocess.run(["postqueue", "-c", d, "-j"], capture_output=True, text=True)
     return {json.loads(line)["queue_id"] for line in p.stdout.splitlines() if line.strip()}
@@ -453,20 +469,8 @@ class _Exim:
         return {}
 
     def stop(self) -> None:
-        # -odi: delivery runs in the receiving process, after the 250; wait for
-        # the spool to empty before stopping the daemon.
-        deadline = time.monotonic() + 30
-        inp = os.path.join(self.d, "spool", "input")
-        while time.monotonic() < deadline:
-            if not any(files for _, _, files in os.walk(inp)):
-                break
-            time.sleep(0.05)
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        # -odi: delivery runs in the receiving process, after the 250.
+        _drain_then_stop(self.proc, os.path.join(self.d, "spool", "input"))
 
 
 class _OpenSMTPD:
@@ -483,19 +487,8 @@ class _OpenSMTPD:
         return {}
 
     def stop(self) -> None:
-        # Deliveries run after the 250: wait for the queue to empty.
-        deadline = time.monotonic() + 30
-        queue = "/var/spool/smtpd/queue"
-        while time.monotonic() < deadline:
-            if not any(files for _, _, files in os.walk(queue)):
-                break
-            time.sleep(0.05)
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        # Deliveries run after the 250.
+        _drain_then_stop(self.proc, "/var/spool/smtpd/queue")
         self.log.close()
 
 
