@@ -61,7 +61,11 @@ def hello(session, helohost):
     rejected HELO is 1.06's "my name was rejected".  After STARTTLS, EHLO
     is sent again through this function.
     """
-    caps = ehlo(session, helohost)
+    return _or_helo(session, ehlo(session, helohost), helohost)
+
+
+def _or_helo(session, caps, helohost):
+    """*caps*, or HELO on the same connection when EHLO was refused."""
     if caps is None:
         session.helo(helohost)
         return NONE
@@ -83,10 +87,7 @@ def _open(session, helohost, tls):
     # A mandatory TLS host is refused before HELO, as qmail-tls does.
     if tls is not None and tls.after_ehlo(session, caps):
         return tls.first_exchange(session, lambda: hello(session, helohost))
-    if caps is None:
-        session.helo(helohost)
-        return NONE
-    return caps
+    return _or_helo(session, caps, helohost)
 
 
 def needs_smtputf8(sender, recipients, survey):
