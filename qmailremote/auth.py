@@ -77,7 +77,7 @@ def _z(session, text, said=b""):
 
 
 def _loopback(ip_text):
-    return ip_text.startswith(b"127.")
+    return ip_text.startswith(b"127.") or ip_text == b"::1"
 
 
 def authenticate(session, caps, credentials, secure):

@@ -12,6 +12,10 @@ Addresses are strict dotted quads (four decimal numbers 0..255, no sign,
 no leading zero, nothing around them); anything else is a temporary
 failure naming the file.  Under ``control/noesmtp`` none of these files
 is read (the caller does not call :func:`select_source`).
+
+The address binds IPv4 connections only; an IPv6 connection (README,
+"IPv6") takes the source address the system picks, as Postfix's does
+when only ``smtp_bind_address`` is set.
 """
 
 try:

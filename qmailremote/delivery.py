@@ -87,18 +87,19 @@ def _canonical_recipients(recipients, resolver_of):
     return mangled, all_aliases
 
 
-def _addresses(route, host, resolver_of, null_mx):
+def _addresses(route, host, resolver_of, esmtp):
     """The address lookup and its outcome (reference section 8).
 
-    With *null_mx* (the ESMTP profile), RFC 7505's null MX is a bounce.
+    In the ESMTP profile (*esmtp*), RFC 7505's null MX is a bounce, and
+    names have IPv6 addresses too (README, "IPv6").
     """
     from .mx import HARD, NULLMX, SOFT, lookup_ip, lookup_mx
 
     if route is not None:
-        found = lookup_ip(resolver_of(), route.relay)
+        found = lookup_ip(resolver_of(), route.relay, esmtp)
         soft = False
     else:
-        found = lookup_mx(resolver_of(), host, null_mx)
+        found = lookup_mx(resolver_of(), host, esmtp, esmtp)
         if found == NULLMX:
             raise Failure(perm_nullmx(host))
         if found not in (HARD, SOFT):
@@ -159,11 +160,16 @@ def _run(host, sender, recipients, message, home, resolver):
         route = None
         if controls.authsenders:
             route = find_sender_route(build_table(controls.authsenders),
-                                      sender)
+                                      sender, brackets=True)
         if route is None:
-            route = find_route(build_table(controls.routes), host)
+            route = find_route(build_table(controls.routes), host,
+                               brackets=controls.esmtp)
+        preference = None
+        if controls.esmtp:
+            from .addresses import read_preference
+            preference = read_preference(home_fd)
         try:
-            me = ipme()
+            me = ipme(controls.esmtp)
         except OSError:
             raise Failure(TEMP_OSERR) from None
 
@@ -180,6 +186,9 @@ def _run(host, sender, recipients, message, home, resolver):
         else:
             recipients, all_aliases = [mangle(r) for r in recipients], False
         addresses = _addresses(route, host, resolver_of, controls.esmtp)
+        if preference is not None:
+            from .addresses import order
+            addresses = order(addresses, preference)
         port = route.port if route is not None else SMTP_PORT
         tcpto = TcpTo(home_fd)
         tls = TlsControls(home_fd) if controls.esmtp else None

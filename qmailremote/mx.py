@@ -5,6 +5,13 @@ with deviations 5-7: random order among equal MX preferences, CNAME queries
 instead of ANY, truncated answers asked again over TCP and used whole, and
 every IPv4 address of every interface that is up in ipme.
 
+With ``ipv6=True`` (the ESMTP profile; README, "IPv6") every name is also
+asked for AAAA records, IPv6 literals are understood (addresses.py) and
+ipme holds the interfaces' IPv6 addresses too.  An address is then 4 or 16
+bytes.  A name's lookup fails hard only when both its A and its AAAA
+lookups do; a soft failure of either is soft for the name, and the
+addresses the other found are kept.
+
 Names are encoded and decoded as glibc's resolver does (``ns_name_pton``,
 ``dn_expand``: escapes, compression, loop checks), here rather than through
 dnspython, whose import alone costs more than the whole start-up budget of a
@@ -41,6 +48,8 @@ NULLMX = "nullmx"
 T_A = 1
 T_CNAME = 5
 T_MX = 15
+T_AAAA = 28
+_ADDRESS_SIZE = {T_A: 4, T_AAAA: 16}
 C_IN = 1
 # rcodes that make glibc's res_send try the next server, then fail softly.
 _RC_SERVFAIL, _RC_NOTIMP, _RC_REFUSED = 2, 4, 5
@@ -91,8 +100,23 @@ def ip_literal(text):
 
 
 def ip_text(ip):
-    """ip_fmt: dotted decimal with no leading zeros, as bytes."""
-    return b"%d.%d.%d.%d" % tuple(ip)
+    """ip_fmt: dotted decimal with no leading zeros, as bytes.
+
+    An IPv6 address (16 bytes) is printed in RFC 5952 form.
+    """
+    if len(ip) == 4:
+        return b"%d.%d.%d.%d" % tuple(ip)
+    from .addresses import text
+    return text(ip)
+
+
+def _literal(text, ipv6, bare=False):
+    """ip_literal, then (with *ipv6*) an IPv6 literal; or None."""
+    literal = ip_literal(text)
+    if literal is None and ipv6:
+        from .addresses import ipv6_literal
+        literal = ipv6_literal(text, bare)
+    return literal
 
 
 class Resolver:
@@ -404,39 +428,61 @@ def _resolve(resolver, name, qtype):
         return SOFT
 
 
-def _find_ips(answers, pref, name, out):
-    """findip(T_A) over a whole answer; SOFT or None."""
+def _find_ips(answers, pref, name, out, qtype=T_A):
+    """findip(T_A), or the same for AAAA, over a whole answer; SOFT or None.
+    """
+    size = _ADDRESS_SIZE[qtype]
     try:
         for rrtype, pos, rdlength in answers:
-            if rrtype == T_A:
-                if rdlength < 4 or pos + 4 > len(answers.wire):
+            if rrtype == qtype:
+                if rdlength < size or pos + size > len(answers.wire):
                     return SOFT
-                out.append((answers.wire[pos:pos + 4], pref, name))
+                ip = answers.wire[pos:pos + size]
+                if size == 16:
+                    from .addresses import normalise
+                    ip = normalise(ip)
+                out.append((ip, pref, name))
     except ValueError:
         return SOFT
     return None
 
 
-def _lookup_a(resolver, name, pref, out):
+def _lookup_one(resolver, name, pref, out, qtype):
+    answers = _resolve(resolver, name, qtype)
+    if answers in (HARD, SOFT):
+        return answers
+    return _find_ips(answers, pref, name, out, qtype)
+
+
+def _lookup_a(resolver, name, pref, out, ipv6=False, bare=False):
     """dns_ipplus: a literal, or the A records of *name*, into *out*.
 
     Returns None, SOFT or HARD; on SOFT the addresses read before the
-    broken record stay in *out*.
+    broken record stay in *out*.  With *ipv6* the AAAA records follow the
+    A records, and the result is HARD only when both lookups are.
     """
-    literal = ip_literal(name)
+    literal = _literal(name, ipv6, bare)
     if literal is not None:
         out.append((literal, 0, None))
         return None
-    answers = _resolve(resolver, name, T_A)
-    if answers in (HARD, SOFT):
-        return answers
-    return _find_ips(answers, pref, name, out)
+    status = _lookup_one(resolver, name, pref, out, T_A)
+    if not ipv6:
+        return status
+    status6 = _lookup_one(resolver, name, pref, out, T_AAAA)
+    if SOFT in (status, status6):
+        return SOFT
+    return HARD if status == status6 == HARD else None
 
 
-def lookup_ip(resolver, name):
-    """dns_ip: the relay's [(ip, 0, name)] (as lookup_mx); or SOFT/HARD."""
+def lookup_ip(resolver, name, ipv6=False):
+    """dns_ip: the relay's [(ip, 0, name)] (as lookup_mx); or SOFT/HARD.
+
+    With *ipv6*, A and AAAA: SOFT when either failed softly (as a soft
+    A lookup is in 1.06, even with some addresses read), HARD when both
+    failed hard.
+    """
     out = []
-    status = _lookup_a(resolver, name, 0, out)
+    status = _lookup_a(resolver, name, 0, out, ipv6)
     return status or out
 
 
@@ -464,7 +510,7 @@ def _mx_order(found):
     return sorted(shuffled, key=lambda mx: mx[0])
 
 
-def lookup_mx(resolver, host, null_mx=False):
+def lookup_mx(resolver, host, null_mx=False, ipv6=False):
     """dns_mxip: (addresses, soft) with addresses as [(ip, pref, name)].
 
     *name* is the host name the address was found for (the MX, or *host*
@@ -476,8 +522,11 @@ def lookup_mx(resolver, host, null_mx=False):
     record has preference 0 and the root as its exchange.  A ``0 .``
     among other MX records is not one (RFC 7505 3 forbids the mix): the
     root is then an exchange without addresses, as in netqmail.
+
+    With *ipv6*, each name's AAAA records follow its A records, and
+    IPv6 literals are literals (the host argument also unbracketed).
     """
-    literal = ip_literal(host)
+    literal = _literal(host, ipv6, bare=True)
     if literal is not None:
         return [(literal, 0, None)], False
     answers = _resolve(resolver, host, T_MX)
@@ -489,12 +538,12 @@ def lookup_mx(resolver, host, null_mx=False):
     if null_mx and found == [(0, b".")]:
         return NULLMX
     if not found:  # no MX (HARD, or e.g. only a CNAME): the A records
-        addresses = lookup_ip(resolver, host)
+        addresses = lookup_ip(resolver, host, ipv6)
         return addresses if addresses in (HARD, SOFT) else (addresses, False)
     out = []
     soft = False
     for pref, name in _mx_order(found):
-        if _lookup_a(resolver, name, pref, out) == SOFT:
+        if _lookup_a(resolver, name, pref, out, ipv6) == SOFT:
             soft = True
     return out, soft
 
@@ -537,7 +586,8 @@ def canonicalise(resolver, domain):
 
 
 # ipme through rtnetlink: RTM_GETLINK for the flags of each interface,
-# RTM_GETADDR for every IPv4 address (deviation 7: labelled or not).
+# RTM_GETADDR for every IPv4 address (deviation 7: labelled or not) and,
+# in the ESMTP profile, every IPv6 address.
 _NLMSG_DONE, _NLMSG_ERROR = 3, 2
 _RTM_GETLINK, _RTM_GETADDR = 18, 22
 _NLM_F_REQUEST_DUMP = 0x1 | 0x300
@@ -576,12 +626,19 @@ def _attributes(payload, start):
         pos += (length + 3) & ~3
 
 
-def ipme():
+def ipme(ipv6=False):
     """This host's IPv4 addresses (interfaces that are up), plus 0.0.0.0.
 
+    With *ipv6*, also every IPv6 address of those interfaces (``::1``,
+    link-local ones, tentative ones), plus ``::``.  A link-local address
+    is matched without its scope: an address from DNS has none.
     Raises OSError when the interface list cannot be read.
     """
     addresses = {b"\0\0\0\0"}
+    families = [(socket.AF_INET, 4)]
+    if ipv6:
+        addresses.add(b"\0" * 16)
+        families.append((socket.AF_INET6, 16))
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
                          socket.NETLINK_ROUTE)
     try:
@@ -592,16 +649,17 @@ def ipme():
             _, _, index, flags, _ = _IFINFOMSG.unpack_from(payload)
             if flags & _IFF_UP:
                 up.add(index)
-        for payload in _netlink_dump(sock, _RTM_GETADDR,
-                                     _IFADDRMSG.pack(socket.AF_INET, 0, 0,
-                                                     0, 0), 2):
-            family, _, _, _, index = _IFADDRMSG.unpack_from(payload)
-            if family != socket.AF_INET or index not in up:
-                continue
-            attrs = dict(_attributes(payload, _IFADDRMSG.size))
-            address = attrs.get(_IFA_LOCAL, attrs.get(_IFA_ADDRESS))
-            if address and len(address) == 4:
-                addresses.add(bytes(address))
+        for seq, (wanted, size) in enumerate(families, 2):
+            for payload in _netlink_dump(sock, _RTM_GETADDR,
+                                         _IFADDRMSG.pack(wanted, 0, 0, 0, 0),
+                                         seq):
+                family, _, _, _, index = _IFADDRMSG.unpack_from(payload)
+                if family != wanted or index not in up:
+                    continue
+                attrs = dict(_attributes(payload, _IFADDRMSG.size))
+                address = attrs.get(_IFA_LOCAL, attrs.get(_IFA_ADDRESS))
+                if address and len(address) == size:
+                    addresses.add(bytes(address))
     finally:
         sock.close()
     return addresses

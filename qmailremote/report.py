@@ -14,7 +14,7 @@ __all__ = [
     "TEMP_DNS", "TEMP_CHDIR", "TEMP_CONTROL", "PERM_PARTIALLINE",
     "PERM_USAGE", "PERM_NOMX", "PERM_AMBIGMX", "PERM_CRLF", "perm_dns",
     "perm_size", "perm_smtputf8", "perm_nullmx", "internal_error",
-    "temp_badip", "temp_bind",
+    "temp_badip", "temp_bind", "temp_badpreference",
 ]
 
 
@@ -192,6 +192,12 @@ def temp_badip(file):
     """An address in control/outgoingip or domainbindings is not a dotted
     quad (sagredo's text)."""
     return Report("Z", b"invalid ipaddr in " + file + b" (#4.3.0)\n")
+
+
+def temp_badpreference(file):
+    """control/addresspreference holds none of ipv4, ipv6, any."""
+    return Report("Z", b"Sorry, " + file + b" must say ipv4, ipv6 or any. "
+                       b"(#4.3.0)\n")
 
 
 def temp_bind(ip, file):

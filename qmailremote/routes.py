@@ -22,6 +22,14 @@ the first two space-separated fields after the relay and its port, and a
 password holds no space.  A value that does not have both a user and a
 password in one of these forms keeps netqmail 1.06's meaning byte for byte.
 
+In the ESMTP profile (*brackets*), a relay written in brackets ends at
+the first ``]``: ``[IPv6:2001:db8::1]:2525`` is that IPv6 literal on
+port 2525, ``[2001:db8::1]`` the same on port 25 (README, "IPv6").  Only
+``:port`` (``;port`` in the s/qmail dialect) or nothing may follow the
+``]``; otherwise the value is read as 1.06 reads it, which is also what
+1.06 makes of every value whose brackets hold no ``:``.  A key is still
+the text before the first ``:``, so an IPv6 literal cannot be a key.
+
 ``control/authsenders`` (sagredo, s/qmail) routes by envelope sender
 instead, with the same values; its keys are a whole address, ``@domain``,
 ``.domain`` or empty, looked up in that order (longest suffix first), and
@@ -97,19 +105,34 @@ def _credentials(value):
     return None
 
 
-def parse_route(value):
-    """The Route a non-empty smtproutes or authsenders value names."""
+def _split(hostport, sep, brackets):
+    """(relay, port) of *hostport*, the port after *sep*."""
+    if brackets and hostport[:1] == b"[":
+        close = hostport.find(b"]")
+        if close > 0:
+            relay, rest = hostport[:close + 1], hostport[close + 1:]
+            if not rest:
+                return relay, SMTP_PORT
+            if rest[:1] == sep:
+                return relay, _scan_port(rest[1:])
+    relay, found, port = hostport.partition(sep)
+    return relay, _scan_port(port) if found else SMTP_PORT
+
+
+def parse_route(value, brackets=False):
+    """The Route a non-empty smtproutes or authsenders value names.
+
+    *brackets* (the ESMTP profile): a bracketed relay ends at its ``]``.
+    """
     found = _credentials(value)
     if found is None:
-        relay, colon, port = value.partition(b":")
-        return Route(relay, _scan_port(port) if colon else SMTP_PORT)
+        return Route(*_split(value, b":", brackets))
     hostport, user, password, semicolon = found
-    relay, sep, port = hostport.partition(b";" if semicolon else b":")
-    return Route(relay, _scan_port(port) if sep else SMTP_PORT, user,
-                 password)
+    relay, port = _split(hostport, b";" if semicolon else b":", brackets)
+    return Route(relay, port, user, password)
 
 
-def find_route(table, host):
+def find_route(table, host, brackets=False):
     """The Route for *host*, or None to deliver by MX."""
     value = None
     for i in range(len(host) + 1):
@@ -119,10 +142,10 @@ def find_route(table, host):
                 break
     if not value:
         return None
-    return parse_route(value)
+    return parse_route(value, brackets)
 
 
-def find_sender_route(table, sender):
+def find_sender_route(table, sender, brackets=False):
     """control/authsenders: the Route for the (quoted) *sender*, or None.
 
     Keys are tried as sagredo's qmail-remote tries them: the whole
@@ -137,4 +160,4 @@ def find_sender_route(table, sender):
                 break
     if not value:
         return None
-    return parse_route(value)
+    return parse_route(value, brackets)

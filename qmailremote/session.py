@@ -62,21 +62,30 @@ def _writable(sock, timeout):
 def connect(ip, port, timeout, source=None):
     """timeoutconn(): (socket, None) on success, else (None, timed_out).
 
+    *ip* is 4 bytes (IPv4) or 16 (IPv6): one socket of that family.
     *source* (a :class:`qmailremote.binding.Source`) is bound, port 0,
-    before the connect.  Raises Failure(TEMP_OSERR) when no socket can be
-    made, and Failure(source.unbindable()) when the bind fails.
+    before the connect when it is of the same family.  Raises
+    Failure(TEMP_OSERR) when no socket can be made, and
+    Failure(source.unbindable()) when the bind fails.
     """
+    if len(ip) == 4:
+        family, address = socket.AF_INET, (socket.inet_ntoa(ip), port)
+    else:
+        family = socket.AF_INET6
+        address = (socket.inet_ntop(family, ip), port, 0, 0)
     try:
-        sock = _TcpSocket(socket.AF_INET, socket.SOCK_STREAM)
-    except OSError:
+        sock = _TcpSocket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        if exc.errno == errno.EAFNOSUPPORT:
+            # No IPv6 in this kernel: this address cannot be reached.
+            return None, False
         raise Failure(TEMP_OSERR) from None
-    if source is not None:
+    if source is not None and len(source.ip) == len(ip):
         try:
             source.bind(sock)
         except OSError:
             sock.close()
             raise Failure(source.unbindable()) from None
-    address = (socket.inet_ntoa(ip), port)
     try:
         sock.setblocking(False)
         err = sock.connect_ex(address)
