@@ -73,13 +73,30 @@ def ipv6_literal(text, bare=False):
 def text(ip):
     """An address as report texts print it (bytes): IPv6 in RFC 5952 form.
 
-    glibc's inet_ntop writes that form: lower case, no leading zeros, the
-    longest (first) run of two or more zero groups as ``::``, and
-    ``::ffff:a.b.c.d`` for IPv4-mapped addresses.
+    Lower case, no leading zeros, the longest run of two or more zero
+    groups (the first of equal ones) as ``::``, and mixed notation only
+    for IPv4-mapped addresses (``::ffff:a.b.c.d``).  glibc's inet_ntop
+    also writes ``::a.b.c.d`` for every address whose first 96 bits are
+    zero, which RFC 5952 5 does not.
     """
     if len(ip) == 4:
         return b"%d.%d.%d.%d" % tuple(ip)
-    return socket.inet_ntop(socket.AF_INET6, ip).encode("ascii")
+    if ip[:12] == _MAPPED:
+        return b"::ffff:" + text(ip[12:])
+    groups = [ip[i] << 8 | ip[i + 1] for i in range(0, 16, 2)]
+    best, best_len, run = -1, 1, 0
+    for i, group in enumerate(groups + [1]):
+        if group == 0:
+            run += 1
+        else:
+            if run > best_len:
+                best, best_len = i - run, run
+            run = 0
+    words = [b"%x" % group for group in groups]
+    if best < 0:
+        return b":".join(words)
+    return (b":".join(words[:best]) + b"::" +
+            b":".join(words[best + best_len:]))
 
 
 def read_preference(home_fd):
