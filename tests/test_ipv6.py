@@ -458,7 +458,16 @@ class OneShotSmtp:
         self.thread.start()
 
     def _serve(self):
-        conn, self.peer = self.sock.accept()
+        try:
+            conn, self.peer = self.sock.accept()
+        except OSError:  # closed by close() before a client came
+            return
+        try:
+            self._session(conn)
+        except OSError:  # the client hung up
+            pass
+
+    def _session(self, conn):
         with conn, conn.makefile("rb") as f:
             conn.sendall(b"220 v6 ESMTP\r\n")
             in_data = False
@@ -546,3 +555,24 @@ def test_ipv6_literal_host_that_is_me(home):
                      resolver=Resolver([("127.0.0.1", 9)]))
     assert result.message.letter == "D"
     assert b"listed as a best-preference MX" in result.message.text
+
+
+# ---------------------------------------------------------------------------
+# Null MX with IPv6 on: still no address lookup at all
+
+def test_null_mx_asks_neither_a_nor_aaaa(srv, res):
+    srv.add("d.example", "MX", "0 .")
+    srv.add("d.example", "AAAA", "fd00::1")
+    assert mx.lookup_mx(res, b"d.example", null_mx=True, ipv6=True) == \
+        mx.NULLMX
+    assert [q[:2] for q in srv.queries] == [("d.example", "MX")]
+
+
+def test_root_among_other_mx_is_asked_for_a_and_aaaa(srv, res):
+    """RFC 7505 3: "0 ." beside other MX records is no null MX; as in 1.06
+    the root is an exchange like any other (and has no addresses)."""
+    srv.add("d.example", "MX", "0 .", "10 a.example.")
+    srv.add("a.example", "AAAA", "fd00::1")
+    found, soft = mx.lookup_mx(res, b"d.example", null_mx=True, ipv6=True)
+    assert (found, soft) == ([(A6, 10, b"a.example")], False)
+    assert [q[:2] for q in srv.queries][1:3] == [(".", "A"), (".", "AAAA")]
