@@ -155,12 +155,14 @@ def server_tls():
 
 
 class Sink:
-    """``with Sink(...) as sink:`` listens on ``sink.port`` (127.0.0.1)."""
+    """``with Sink(...) as sink:`` listens on ``sink.port`` (127.0.0.1,
+    or *host*: an IPv6 address such as ``::1`` works too)."""
 
     def __init__(self, host="127.0.0.1", port=0, *, size=None,
                  pipelining=False, chunking=False, smtputf8=False,
                  tls=False, auth=False):
-        self._listener = socket.socket()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.socket(family)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind((host, port))
         self._listener.listen(64)

@@ -5,13 +5,17 @@ private <python> tests/netns.py`` and hands it a scenario (JSON on stdin).
 Inside the new namespaces that child process
 
 1. brings ``lo`` up (``ip link set lo up``, or an ioctl if there is no
-   ``ip``); every 127.0.0.X is then usable, no address needs adding;
-2. runs the scenario's extra ``ip`` commands (e.g. labelled addresses);
-3. starts the fake DNS server (tests/dnsserver.py) on 127.0.0.1:53, UDP+TCP;
-4. starts an SMTP sink on each scenario address (127.0.0.X:25);
-5. bind-mounts a temporary resolv.conf (and any other scenario files) over
+   ``ip``); every 127.0.0.X is then usable, no address needs adding, and
+   ``::1`` is there too;
+2. sets up the scenario's ``addrs``, ``local_routes`` and ``blackhole``
+   (IPv6 and more, see below);
+3. runs the scenario's extra ``ip`` commands (e.g. labelled addresses);
+4. starts the fake DNS server (tests/dnsserver.py) on 127.0.0.1:53, UDP+TCP;
+5. starts an SMTP sink on each scenario address (127.0.0.X:25, or an IPv6
+   address: ``::1``, one from ``addrs`` or one in a ``local_routes`` prefix);
+6. bind-mounts a temporary resolv.conf (and any other scenario files) over
    the real ones -- private to the mount namespace, so nothing leaks;
-6. runs the command, with a timeout, and prints a JSON result on stdout.
+7. runs the command, with a timeout, and prints a JSON result on stdout.
 
 Scenario (a dict; only ``command`` is required)::
 
@@ -37,6 +41,13 @@ Scenario (a dict; only ``command`` is required)::
       "files": {"/etc/hosts": "127.0.0.9 example.test\\n"},  # more bind mounts
       "ip": [["addr", "add", "127.0.0.9/8", "dev", "lo", "label", "lo:1"]],
       "lo": "ip",                   # or "ioctl": how to bring lo up
+      "addrs": {                    # more addresses, before the "ip" commands
+          "lo": ["fd00:2::5", "127.0.0.9/8"],
+          "veth0": ["fd00:1::1/64", "fe80::53/64"],
+          "veth1": ["fd00:1::2/64"],
+      },
+      "local_routes": ["fd00:5::/64"],  # reachable here, not an interface's
+      "blackhole": ["fd00:9::/64", "10.9.9.0/24"],  # connects there time out
       "smtp": [
           {"addr": "127.0.0.2"},                        # a plain sink on port 25
           {"addr": "127.0.0.3", "greeting": "421 busy"},
@@ -46,6 +57,30 @@ Scenario (a dict; only ``command`` is required)::
            "replies": {"RCPT": ["250 ok", "550 no such user"], "DATA": None}},
       ],
     }
+
+``addrs`` maps an interface to the addresses to add to it: ``lo``, or
+``veth0`` and ``veth1``, the two ends of a veth pair (the kernel may have no
+``dummy`` link type) which is created, both ends up, whenever ``addrs``
+names one of them or ``blackhole`` is not empty.  An address without a
+``/prefix`` is a host address (/128 or /32); IPv6 ones are added with
+``nodad``, so they are usable (and can be bound) at once.  Each up veth end
+also has its own link-local address (``fe80::...``, random, tentative).
+
+``local_routes`` lists prefixes (IPv6 ones are what it is for) routed as
+``local`` through ``lo`` (``ip -6 route add local PREFIX dev lo``): every address in them is this
+host's for connections and sinks (which bind with ``IP_FREEBIND``), yet no
+interface has it, so it is not in qmail-remote's ipme -- what 127.0.0.X
+(X > 1) is for IPv4.  A connection to one without a sink is refused.
+
+``blackhole`` lists prefixes whose TCP connects time out: the SYN is
+silently dropped, with no RST and no ICMP error, so ``connect()`` waits
+for its whole timeout.  Each prefix is routed out of ``veth0`` to a
+gateway (``fe80::99``, or ``169.254.0.99`` ``onlink`` for IPv4) whose
+neighbour entry is permanent with a MAC address nobody has
+(``02:00:00:00:00:99``): no neighbour discovery or ARP ever fails (which
+would give EHOSTUNREACH after ~3 s), the frames reach ``veth1``, which
+drops them as addressed to another host, and no packet leaves the
+namespace.
 
 SMTP sink replies: keys ``GREETING``, ``HELO``, ``EHLO``, ``MAIL``, ``RCPT``,
 ``DATA``, ``BODY`` (after the final ``.``), ``QUIT``, ``RSET``, ``NOOP``,
@@ -215,6 +250,30 @@ DEFAULT_REPLIES = {
 }
 
 
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # linux/in.h
+
+
+def _listen(addr: str, port: int) -> socket.socket:
+    """A listening TCP socket on *addr* (IPv4 or IPv6 text), *port*.
+
+    IPv6 sockets bind with ``IP_FREEBIND``: an address of a ``local_routes``
+    prefix is no interface's, and IPv6 refuses to bind it otherwise.
+    """
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+        sock.bind((addr, port))
+        sock.listen(16)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class SmtpSink:
     """A minimal threaded SMTP server that records the raw bytes it receives."""
 
@@ -232,7 +291,7 @@ class SmtpSink:
         self._threads: list[threading.Thread] = []
         self._sock = None
         if listen:
-            self._sock = socket.create_server((addr, port))
+            self._sock = _listen(addr, port)
             self._threads.append(threading.Thread(target=self._accept, daemon=True))
             self._threads[0].start()
 
@@ -318,6 +377,45 @@ def _lo_up(method: str | None) -> None:
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
 
 
+VETH = ("veth0", "veth1")
+BLACKHOLE_GATEWAY = {6: "fe80::99", 4: "169.254.0.99"}
+BLACKHOLE_MAC = "02:00:00:00:00:99"  # locally administered; nobody has it
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True)
+
+
+def _net_setup(addrs: dict[str, list[str]], local_routes: list[str],
+               blackhole: list[str]) -> None:
+    """The scenario's ``addrs``, ``local_routes`` and ``blackhole`` (module doc)."""
+    unknown = set(addrs) - {"lo", *VETH}
+    if unknown:
+        raise ValueError(f"unknown interfaces in addrs: {sorted(unknown)}")
+    if blackhole or set(addrs) & set(VETH):
+        _ip("link", "add", VETH[0], "type", "veth", "peer", "name", VETH[1])
+        for dev in VETH:
+            _ip("link", "set", dev, "up")
+    for dev, addresses in addrs.items():
+        for address in addresses:
+            v6 = ":" in address
+            if "/" not in address:
+                address += "/128" if v6 else "/32"
+            _ip(*(["-6"] if v6 else []), "addr", "add", address, "dev", dev,
+                *(["nodad"] if v6 else []))
+    for prefix in local_routes:
+        _ip("-6" if ":" in prefix else "-4", "route", "add", "local", prefix,
+            "dev", "lo")
+    for version in sorted({6 if ":" in prefix else 4 for prefix in blackhole}):
+        _ip(f"-{version}", "neigh", "replace", BLACKHOLE_GATEWAY[version],
+            "lladdr", BLACKHOLE_MAC, "dev", VETH[0], "nud", "permanent")
+    for prefix in blackhole:
+        version = 6 if ":" in prefix else 4
+        _ip(f"-{version}", "route", "add", prefix, "via",
+            BLACKHOLE_GATEWAY[version], "dev", VETH[0],
+            *(["onlink"] if version == 4 else []))
+
+
 def _namespaces() -> dict[str, str]:
     return {ns: os.readlink(f"/proc/self/ns/{ns}") for ns in ("net", "mnt")}
 
@@ -362,6 +460,8 @@ def _child_main() -> None:
     sc = json.load(sys.stdin)
     _check_private_namespaces(sc.pop("outer_namespaces", {}))
     _lo_up(sc.get("lo"))
+    _net_setup(sc.get("addrs", {}), sc.get("local_routes", []),
+               sc.get("blackhole", []))
     for args in sc.get("ip", []):
         subprocess.run(["ip", *args], check=True)
     dns_server = _start_dns(sc) if sc.get("dns", True) else None
