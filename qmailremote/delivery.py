@@ -130,7 +130,11 @@ def _candidates(addresses, me, route, all_aliases):
     return candidates
 
 
-def _run(host, sender, recipients, message, home, resolver):
+def _quiet(kind, data):
+    pass
+
+
+def _run(host, sender, recipients, message, home, resolver, transcript):
     from .binding import select_source
     from .mx import Resolver, ip_text, ipme
     from .session import Session, classic, connect
@@ -196,17 +200,22 @@ def _run(host, sender, recipients, message, home, resolver):
         if controls.esmtp and route is not None and route.has_credentials:
             from .auth import credentials_for
             credentials = credentials_for(home_fd, route)
+        note = transcript or _quiet
         for ip, name in _candidates(addresses, me, route, all_aliases):
             if tcpto.skip(ip):
+                note("skipped", ip_text(ip))
                 continue
             starter = tls.starter(name, port) if tls is not None else None
+            note("connect", b"%s port %d" % (ip_text(ip), port))
             sock, timed_out = connect(ip, port, controls.timeoutconnect,
                                       source)
             if sock is None:
+                note("timeout" if timed_out else "unreachable", ip_text(ip))
                 tcpto.update(ip, timed_out)
                 continue
             tcpto.update(ip, False)
-            session = Session(sock, ip_text(ip), controls.timeoutremote)
+            session = Session(sock, ip_text(ip), controls.timeoutremote,
+                              transcript)
             if not controls.esmtp:
                 return session.run(classic, controls.helohost, sender,
                                    recipients, message)
@@ -216,12 +225,16 @@ def _run(host, sender, recipients, message, home, resolver):
             result = session.run(dialogue, *args, starter, credentials)
             if starter is not None and starter.fell_back:
                 # The opportunistic handshake failed: once more, in clear.
+                note("connect", b"%s port %d" % (ip_text(ip), port))
                 sock, timed_out = connect(ip, port, controls.timeoutconnect,
                                           source)
                 if sock is None:
+                    note("timeout" if timed_out else "unreachable",
+                         ip_text(ip))
                     tcpto.update(ip, timed_out)
                     continue
-                session = Session(sock, ip_text(ip), controls.timeoutremote)
+                session = Session(sock, ip_text(ip), controls.timeoutremote,
+                                  transcript)
                 return session.run(dialogue, *args, None, credentials)
             if starter is not None and result.accepted:
                 result.message = Report("K", result.message.text +
@@ -232,7 +245,8 @@ def _run(host, sender, recipients, message, home, resolver):
         os.close(home_fd)
 
 
-def deliver(host, sender, recipients, message, *, home=None, resolver=None):
+def deliver(host, sender, recipients, message, *, home=None, resolver=None,
+            progress=None, transcript=None):
     """Deliver *message* to *recipients* at *host*, as qmail-remote does.
 
     *host*, *sender* and *recipients* are bytes (or str, encoded with the
@@ -244,12 +258,22 @@ def deliver(host, sender, recipients, message, *, home=None, resolver=None):
 
     Returns a :class:`Result`; it never raises for a failed delivery.
     TLS, like everything else, follows the control files (README, "TLS").
+
+    For tools (``qmailremote send``), both unused by ``qmail-remote``:
+    *progress(done, total)* is called as the body goes out, with the
+    message bytes handed to the connection so far and the message's size
+    (None when unknown: a pipe); *transcript(kind, data)* sees the
+    connection: ``"connect"`` (address and port), ``"skipped"`` (tcpto),
+    ``"timeout"``, ``"unreachable"``, ``"C"``/``"S"`` (every byte sent
+    and received, the plaintext inside TLS), ``"tls"`` (version and
+    cipher).  Neither may raise.
     """
     from .message import Message
-    source = Message(message)
+    source = Message(message, progress)
     try:
         return _run(_bytes(host), _bytes(sender),
-                    [_bytes(r) for r in recipients], source, home, resolver)
+                    [_bytes(r) for r in recipients], source, home, resolver,
+                    transcript)
     except Failure as failure:
         return Result(failure.recipients, failure.report)
     except MemoryError:

@@ -106,10 +106,13 @@ class Message:
     until the next one is asked for.
     """
 
-    def __init__(self, source):
+    def __init__(self, source, progress=None):
         self._source = source
         self._opened = None
         self._counting = None
+        # progress(done, total): message bytes handed to the connection so
+        # far, and the message's size when known (else None).
+        self._progress = progress
 
     def _surveyed_fd(self):
         """A descriptor of the message for surveying (the caller closes it)."""
@@ -144,6 +147,44 @@ class Message:
                 os.close(fd)
 
     def chunks(self):
+        if self._progress is None:
+            return self._chunks()
+        return self._reported(self._chunks())
+
+    def _total(self):
+        source = self._source
+        try:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                with memoryview(source) as view:
+                    return view.nbytes
+            if isinstance(source, int):
+                span = _regular(source)
+                return None if span is None else span[1]
+            if isinstance(source, (str, os.PathLike)):
+                return os.stat(source).st_size
+        except (OSError, ValueError, OverflowError):
+            pass
+        return None
+
+    def _reported(self, chunks):
+        """*chunks*, calling progress after each one is used (and at the
+        end, however the sender stops asking)."""
+        progress, total = self._progress, self._total()
+        done = pending = 0
+        progress(done, total)
+        try:
+            for chunk in chunks:
+                pending = len(chunk)
+                yield chunk
+                done += pending
+                pending = 0
+                progress(done, total)
+        finally:
+            chunks.close()
+            if pending:  # the sender stopped after using this chunk
+                progress(done + pending, total)
+
+    def _chunks(self):
         source = self._source
         if isinstance(source, (bytes, bytearray, memoryview)):
             yield from _memory_chunks(source)

@@ -117,20 +117,39 @@ class _Channel:
     A timeout of 0 means "do not wait"; a negative one makes every
     operation fail, as netqmail's select() with a negative timeout does.
     After STARTTLS the bytes go through the TLS object (:meth:`switch`).
+    With a *tap*, ``tap("C", bytes)`` sees every byte sent and
+    ``tap("S", bytes)`` every byte received (inside TLS: the plaintext);
+    without one nothing is wrapped.
     """
 
-    def __init__(self, sock, timeout):
+    def __init__(self, sock, timeout, tap=None):
         self._sock = sock
-        self._write = sock.send
-        self._read = sock.recv
+        self._tap = tap
+        self._write, self._read = self._tapped(sock.send, sock.recv)
         self.usable = timeout >= 0
         if self.usable:
             sock.settimeout(timeout)
 
+    def _tapped(self, write, read):
+        tap = self._tap
+        if tap is None:
+            return write, read
+
+        def tapped_write(data):
+            sent = write(data)
+            tap("C", bytes(data[:sent]))
+            return sent
+
+        def tapped_read(size):
+            data = read(size)
+            tap("S", data)
+            return data
+        return tapped_write, tapped_read
+
     def switch(self, transport):
         """Send and receive through *transport*'s ``write`` and ``read``."""
-        self._write = transport.write
-        self._read = transport.read
+        self._write, self._read = self._tapped(transport.write,
+                                               transport.read)
 
     def send(self, data):
         if not self.usable:
@@ -179,10 +198,11 @@ class Session:
     peer or the message does; it returns the :class:`Result`.
     """
 
-    def __init__(self, sock, ip_text, timeout):
+    def __init__(self, sock, ip_text, timeout, tap=None):
         self.sock = sock
         self.ip = ip_text
-        self.channel = channel = _Channel(sock, timeout)
+        self.tap = tap
+        self.channel = channel = _Channel(sock, timeout, tap)
         self.writer = Writer(channel.send)
         self._replies = ReplyReader(channel.recv)
         self.recipients = []
@@ -236,6 +256,11 @@ class Session:
         """
         self.channel.switch(transport)
         self._replies = ReplyReader(self.channel.recv)
+        if self.tap is not None:
+            cipher = transport.cipher()
+            self.tap("tls", ("%s %s" % (transport.version(),
+                                        cipher[0] if cipher else "")
+                             ).encode("ascii", "replace"))
 
     # -- verdicts ---------------------------------------------------------
 

@@ -1,0 +1,5 @@
+"""``python -m qmailremote.tools``: the ``qmailremote`` command."""
+
+from . import main
+
+main()
