@@ -16,7 +16,7 @@ from .report import (PERM_AMBIGMX, PERM_CRLF, PERM_NOMX, PERM_USAGE,
                      perm_nullmx)
 from .routes import SMTP_PORT, build_table, find_route, find_sender_route
 
-__all__ = ["deliver", "quote", "mangle"]
+__all__ = ["deliver", "quote", "mangle", "listed_as_mx"]
 
 # quote.c's table of bytes that may appear unquoted in a local part.
 _ATOM = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -113,16 +113,27 @@ def _addresses(route, host, resolver_of, esmtp):
     return found
 
 
-def _candidates(addresses, me, route, all_aliases):
-    """The "listed as MX" rule: the (ip, name) pairs to try, in order."""
-    prefme = _PREFME_NOT_ME
+def listed_as_mx(addresses, me, route, all_aliases):
+    """The "listed as MX" rule's ceiling: (prefme, mine).
+
+    Only addresses of a preference below *prefme* are tried.  *mine* is
+    the address of this host (in *me*) that set it, or None: a route or
+    an all-aliases delivery lifts the ceiling above every preference.
+    """
+    prefme, mine = _PREFME_NOT_ME, None
     for ip, pref, _ in addresses:
         if ip in me and pref < prefme:
-            prefme = pref
+            prefme, mine = pref, ip
     if route is not None:
         prefme = _PREFME_RELAY
     if all_aliases:
         prefme = _PREFME_ALL_ALIASES
+    return prefme, mine
+
+
+def _candidates(addresses, me, route, all_aliases):
+    """The "listed as MX" rule: the (ip, name) pairs to try, in order."""
+    prefme, _ = listed_as_mx(addresses, me, route, all_aliases)
     candidates = [(ip, name) for ip, pref, name in addresses
                   if pref < prefme]
     if not candidates:
