@@ -60,7 +60,7 @@ _HEADER = struct.Struct("!HHHHHH")
 # MAXNS.
 _DEFAULT_TIMEOUT, _DEFAULT_ATTEMPTS = 5, 2
 _MAX_TIMEOUT, _MAX_ATTEMPTS, _MAXNS = 30, 5, 3
-_RESOLV_CONF = "/etc/resolv.conf"
+RESOLV_CONF = "/etc/resolv.conf"
 # The CNAME canonicalisation gives up after this many rounds (dns_cname).
 CNAME_ROUNDS = 10
 
@@ -135,7 +135,7 @@ class Resolver:
         self.attempts = attempts
 
     @classmethod
-    def from_system(cls, path=_RESOLV_CONF):
+    def from_system(cls, path=RESOLV_CONF):
         """Read resolv.conf as glibc does; a missing file means defaults."""
         servers = []
         timeout, attempts = _DEFAULT_TIMEOUT, _DEFAULT_ATTEMPTS

@@ -35,7 +35,7 @@ import fcntl
 import os
 import time
 
-__all__ = ["TcpTo"]
+__all__ = ["TcpTo", "TCPTO", "TCPTO6"]
 
 _OPEN_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC
 _MAX_COUNT = 10
@@ -84,11 +84,11 @@ class _Table:
 
 
 # tcpto_buf[1024]: at most 64 records of 16 bytes, qmail's own file.
-_TCPTO = _Table("queue/lock/tcpto", 16, 4, 8, 4, 1024)
+TCPTO = _Table("queue/lock/tcpto", 16, 4, 8, 4, 1024)
 # Its IPv6 sibling: 64 records of 32 bytes, created next to tcpto.
-_TCPTO6 = _Table("queue/lock/tcpto6", 32, 16, 24, 8, 2048,
-                 template=_TCPTO.path)
-_TABLES = {_TCPTO.address: _TCPTO, _TCPTO6.address: _TCPTO6}
+TCPTO6 = _Table("queue/lock/tcpto6", 32, 16, 24, 8, 2048,
+                 template=TCPTO.path)
+_TABLES = {TCPTO.address: TCPTO, TCPTO6.address: TCPTO6}
 
 
 class TcpTo:

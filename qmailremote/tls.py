@@ -33,6 +33,7 @@ needs it.
 
 import errno
 import os
+import stat
 
 from .control import control_exists, first_line, read_control
 from .errors import ConnectionDied
@@ -210,7 +211,7 @@ class TlsControls:
             self._load_cas(ctx, ca_label)
         if self.clientcert:
             try:
-                ctx.load_cert_chain(self._path("control/clientcert.pem"))
+                ctx.load_cert_chain(self._file("control/clientcert.pem"))
             except (OSError, ValueError) as exc:
                 raise _SetupError(b"TLS unable to load control/clientcert.pem",
                                   exc) from None
@@ -228,14 +229,15 @@ class TlsControls:
                 elif os.path.isdir(self._path(where)):
                     ctx.load_verify_locations(capath=self._path(where))
                 else:
-                    ctx.load_verify_locations(cafile=self._path(where))
+                    ctx.load_verify_locations(cafile=self._file(where))
             except (OSError, ValueError) as exc:
                 raise _SetupError(b"TLS unable to load " +
                                   _text(where or "the system CA store"),
                                   exc) from None
             return
         try:
-            ctx.load_verify_locations(cafile=self._path(os.fsdecode(ca_label)))
+            ctx.load_verify_locations(cafile=self._file(
+                os.fsdecode(ca_label)))
         except (OSError, ValueError) as exc:
             raise _SetupError(b"TLS unable to load " + ca_label, exc) from None
 
@@ -244,6 +246,14 @@ class TlsControls:
         if os.path.isabs(path):
             return path
         return "/proc/self/fd/%d/%s" % (self._home_fd, path)
+
+    def _file(self, path):
+        """_path(*path*), which must be a regular file: OpenSSL opens it
+        blocking, so a FIFO would hang the delivery for ever."""
+        path = self._path(path)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise OSError("not a regular file")
+        return path
 
 
 class _SetupError(Exception):

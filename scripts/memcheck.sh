@@ -9,7 +9,8 @@ set -euo pipefail
 top="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-cp -r "$top/qmailremote" "$top/tests" "$top/setup.py" "$top/pyproject.toml" "$work/"
+cp -r "$top/qmailremote" "$top/tests" "$top/setup.py" "$top/pyproject.toml" \
+    "$top/README.md" "$top/LICENSE" "$work/"
 rm -f "$work"/qmailremote/*.so "$work"/qmailremote/_fast.c
 cd "$work"
 CFLAGS="-fsanitize=address -fno-omit-frame-pointer -O1 -g" \

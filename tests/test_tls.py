@@ -24,6 +24,7 @@ namespace (root only);  14. a large message over TLS.
 import base64
 import datetime
 import json
+import os
 import re
 import ssl
 import sys
@@ -1253,3 +1254,20 @@ def test_large_message_bdat_over_starttls_is_byte_exact(home, dns, pki,
     assert record.tls is not None
     assert len(record.chunks) > 1                 # several BDAT chunks
     assert record.data == [large.replace(b"\n", b"\r\n")]
+
+
+
+@pytest.mark.parametrize("name", ["clientcert.pem",
+                                  "tlshosts/mx.example.pem"])
+def test_fifo_tls_file_is_unloadable_not_a_hang(home, dns, name):
+    """OpenSSL opens these files blocking: a FIFO with no writer would
+    hang the delivery for ever.  It is refused as a broken file is."""
+    (home / "control" / "tlshosts").mkdir(exist_ok=True)
+    os.mkfifo(home / "control" / name)
+    out, srv = scripted(home, dns, [send(b"220 ok\r\n"), expect_line(EHLO),
+                                    send(CAPS_TLS), read_to_eof(QUIT)])
+    assert re.fullmatch(rb"ZTLS unable to load control/" +
+                        re.escape(name.encode()) +
+                        rb": [^;\n]*not a regular file[^;\n]*; connecting "
+                        rb"to 127\.0\.0\.1\.\n\0", out), out
+    assert srv.received == [EHLO + QUIT]

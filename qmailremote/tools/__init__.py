@@ -27,7 +27,8 @@ SUBCOMMANDS = {
     "check": "check the installation as qmail will run qmail-remote",
     "probe": "show what qmail-remote would do for a destination, "
              "without sending mail",
-    "tcpto": "show the tcpto tables (as qmail-tcpto) or clear an entry",
+    "tcpto": "show the tcpto tables (as qmail-tcpto), clear an entry, or "
+             "all of them (as qmail-tcpok)",
     "send": "deliver one message as qmail-remote would, readably",
 }
 

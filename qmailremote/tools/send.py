@@ -16,7 +16,6 @@ import os
 import sys
 import time
 
-HELP = "deliver one message as qmail-remote would, readably"
 
 _BAR_MIN = 1 << 20      # no bar for bodies under 1 MiB
 _BAR_EVERY = 0.1        # seconds between redraws
