@@ -6,11 +6,12 @@ entry point imports nothing that can fail before its own guard, and any
 unexpected error still ends in a ``Z`` report (the mail is retried).
 
 The process rules, shared by every way the command starts (the installed
-launcher, ``python -m qmailremote``, a future warm qmail-rspawn):
+launcher, ``python -m qmailremote``, the warm ``qmail-rspawn``):
 
 * the environment: only ``QMAILHOME`` is read (control.open_home); the
   launcher starts Python with ``-I``, so no ``PYTHON*`` variable applies;
-* the arguments are the exact bytes of argv (:func:`argv_bytes`);
+* the arguments are the exact bytes of argv (:func:`argv_bytes`; the warm
+  qmail-rspawn passes qmail-send's bytes to :func:`run` directly);
 * SIGINT has netqmail's effect, death by the signal (:func:`take_signals`).
 """
 
@@ -19,10 +20,11 @@ import os
 __all__ = ["main", "run", "argv_bytes", "take_signals"]
 
 
-def run(argv):
+def run(argv, message=0):
     """The bytes qmail-remote prints for *argv* (without the program name).
 
-    The arguments are bytes, or str to be encoded with os.fsencode.
+    The arguments are bytes, or str to be encoded with os.fsencode;
+    *message* is where the message is read from (default: fd 0, stdin).
     """
     try:
         from .report import PERM_USAGE, Result
@@ -31,7 +33,7 @@ def run(argv):
         from .delivery import deliver
         args = [arg if isinstance(arg, bytes) else os.fsencode(arg)
                 for arg in argv]
-        return deliver(args[0], args[1], args[2:], 0).render()  # fd 0: stdin
+        return deliver(args[0], args[1], args[2:], message).render()
     except MemoryError:
         return b"ZOut of memory. (#4.3.0)\n\0"
     except Exception:
