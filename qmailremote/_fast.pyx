@@ -326,7 +326,11 @@ cdef class Writer:
             size = C_QMAIL_BLOCK
         self._send = send
         self._size = size
-        self._buf = bytearray(size + 2 * C_SLICE)
+        # Resized, not bytearray(n): no zero fill, so the pages of the
+        # buffer a small message never reaches are never touched (a warm
+        # qmail-rspawn worker would otherwise own 1 MiB per delivery).
+        self._buf = bytearray()
+        PyByteArray_Resize(self._buf, size + 2 * C_SLICE)
         self._len = 0
         self._sent = 0
         self._in_body = False

@@ -236,11 +236,19 @@ class WarmBackend:
                 self.status[pid] = wstat
             else:
                 self.status.pop(pid, None)
-                self.idle = [w for w in self.idle if w.pid != pid]
+                for worker in [w for w in self.idle if w.pid == pid]:
+                    self.idle.remove(worker)
+                    worker.sock.close()
 
     def close(self):
+        """Retire every worker and reap it: no orphan, no zombie."""
         for worker in self.idle:
             worker.sock.close()
+        for worker in self.idle:
+            try:
+                os.waitpid(worker.pid, 0)
+            except ChildProcessError:
+                pass
         self.idle = []
 
 

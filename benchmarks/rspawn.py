@@ -1,0 +1,258 @@
+"""Warm deliveries (issue 13): qmail-rspawn driven as qmail-send drives it.
+
+A driver plays qmail-send: it starts a spawner, reads its spawn-limit
+byte, keeps *concurrency* deliveries in flight over the pipe protocol
+(slot byte, message id, sender, recipient, each NUL-terminated) and reads
+the reports, for N deliveries of one message to the loopback sink
+(``sink.py``, through a ``control/smtproutes`` route).  Spawners:
+
+* ``ours``: this package's ``qmail-rspawn`` (warm workers);
+* ``ours-exec``: the same with ``QMAILREMOTE_RSPAWN_EXEC=1``, running the
+  installed ``qmail-remote`` per delivery;
+* ``c+ours``: netqmail 1.06's C qmail-rspawn (``--c-rspawn``) running
+  our ``qmail-remote`` (found first on ``PATH``);
+* ``c+c``: the C qmail-rspawn running the C qmail-remote
+  (``--c-remote``).
+
+The C binaries have their qmail home compiled in (``--c-home``; a scratch
+home, never a live qmail's: the benchmark writes ``control/me``,
+``control/smtproutes`` and ``queue/mess`` there and removes what it made)
+and the qmailq uid compiled in: the message files are chowned to
+``--qmailq-uid`` (default: this process's uid), and ours is told the user
+with ``QMAILREMOTE_QMAILQ``.
+
+Reported per spawner, message size and concurrency: messages per second
+(wall), CPU per delivery (user+sys of the spawner and everything it
+started, from ``RUSAGE_CHILDREN``), and memory per concurrent delivery:
+the unique (USS) and proportional (PSS) set sizes of the spawner and all
+its descendants, from ``/proc/<pid>/smaps_rollup``, sampled while the
+pipeline is full, minus the idle spawner's, divided by the concurrency.
+
+    python benchmarks/rspawn.py [--count 2000] [--sizes 1K,10K]
+        [--concurrency 1,8,32,120] [--spawners ours,ours-exec,c+ours,c+c]
+        [--c-rspawn PATH] [--c-remote PATH] [--c-home DIR] [--runs 3]
+"""
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from messages import generate, parse_size  # noqa: E402
+from sink import Sink  # noqa: E402
+
+
+def installed(name):
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    return beside if os.access(beside, os.X_OK) else shutil.which(name)
+
+
+def _children(pid):
+    """pid and all its descendants."""
+    out = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+    except OSError:
+        return out
+    for kid in kids:
+        out += _children(kid)
+    return out
+
+
+def _memory(pid):
+    """(USS, PSS) in bytes of pid and its descendants."""
+    uss = pss = 0
+    for p in _children(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                fields = dict(line.split(":", 1) for line in f
+                              if ":" in line and not line.startswith("0"))
+        except OSError:
+            continue
+
+        def kib(name):
+            return int(fields.get(name, "0 kB").split()[0]) * 1024
+        uss += kib("Private_Clean") + kib("Private_Dirty")
+        pss += kib("Pss")
+    return uss, pss
+
+
+class Setup:
+    """A qmail home with a queue, a message, and a route to the sink."""
+
+    def __init__(self, home, port, size, uid, made):
+        self.home = home
+        for d in ("control", "queue/mess/0", "queue/lock"):
+            path = os.path.join(home, d)
+            if not os.path.isdir(path):
+                os.makedirs(path)
+                made.append(path)
+        for name, text in (("me", "bench.example\n"),
+                           ("smtproutes",
+                            f"bench.example:127.0.0.1:{port}\n")):
+            path = os.path.join(home, "control", name)
+            if os.path.exists(path) and path not in made:
+                backup = path + ".bench-saved"
+                os.rename(path, backup)
+                made.append(("restore", backup, path))
+            with open(path, "w") as f:
+                f.write(text)
+            made.append(path)
+        self.message = os.path.join(home, "queue/mess/0/100")
+        generate(self.message, size)
+        os.chown(self.message, uid, -1)
+        made.append(self.message)
+
+
+def drive(command, env, count, concurrency):
+    """Run *count* deliveries through the spawner; (wall, cpu, mem)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    p = subprocess.Popen(command, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, env=env)
+    limit = p.stdout.read(1)[0]
+    concurrency = min(concurrency, limit)
+    free = list(range(concurrency))
+    sent = done = 0
+    buf = b""
+    mem = None
+    idle = _memory(p.pid)
+    command_bytes = b"0/100\0s@bench.example\0r@bench.example\0"
+    while done < count:
+        batch = b""
+        while free and sent < count:
+            batch += bytes((free.pop(),)) + command_bytes
+            sent += 1
+        if batch:
+            p.stdin.write(batch)
+            p.stdin.flush()
+        if mem is None and sent >= min(count, concurrency * 3) and \
+                not free:
+            mem = _memory(p.pid)
+        chunk = os.read(p.stdout.fileno(), 65536)
+        if not chunk:
+            raise SystemExit(f"{command[0]} ended early")
+        buf += chunk
+        while b"\0" in buf[1:]:
+            end = buf.index(b"\0", 1)
+            slot, text = buf[0], buf[1:end]
+            buf = buf[end + 1:]
+            if text[:1] != b"K":
+                raise SystemExit(f"delivery failed: {text!r}")
+            free.append(slot)
+            done += 1
+    p.stdin.close()
+    p.wait()
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime -
+           before.ru_stime)
+    if mem is None:
+        mem = idle
+    per = tuple(max(m - i, 0) / concurrency for m, i in zip(mem, idle))
+    return wall, cpu, per
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--sizes", default="1K,10K")
+    parser.add_argument("--concurrency", default="1,8,32,120")
+    parser.add_argument("--spawners", default="ours,ours-exec,c+ours,c+c")
+    parser.add_argument("--c-rspawn")
+    parser.add_argument("--c-remote")
+    parser.add_argument("--c-home")
+    parser.add_argument("--qmailq-uid", type=int, default=os.getuid())
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    import pwd
+    qmailq = pwd.getpwuid(args.qmailq_uid).pw_name
+    spawners = args.spawners.split(",")
+    if not (args.c_rspawn and args.c_home):
+        spawners = [s for s in spawners if not s.startswith("c+")]
+    if not args.c_remote:
+        spawners = [s for s in spawners if s != "c+c"]
+    made = []
+    ours_home = tempfile.mkdtemp(prefix="rspawn-bench-")
+    made.append(ours_home)
+    bins = tempfile.mkdtemp(prefix="rspawn-bench-bin-")
+    made.append(bins)
+    ours_bin = os.path.join(bins, "ours")
+    c_bin = os.path.join(bins, "c")
+    os.makedirs(ours_bin)
+    os.makedirs(c_bin)
+    os.symlink(installed("qmail-remote"), os.path.join(ours_bin,
+                                                       "qmail-remote"))
+    if args.c_remote:
+        os.symlink(os.path.abspath(args.c_remote),
+                   os.path.join(c_bin, "qmail-remote"))
+    rspawn = installed("qmail-rspawn")
+    results = []
+    try:
+        with Sink("127.0.0.1") as sink:
+            for size_text in args.sizes.split(","):
+                size = parse_size(size_text)
+                Setup(ours_home, sink.port, size, args.qmailq_uid, made)
+                if args.c_home:
+                    Setup(args.c_home, sink.port, size, args.qmailq_uid,
+                          made)
+                for conc in [int(c) for c in args.concurrency.split(",")]:
+                    rows = {s: [] for s in spawners}
+                    for run in range(args.runs):
+                        for name in spawners[run % len(spawners):] + \
+                                spawners[:run % len(spawners)]:
+                            env = dict(os.environ, QMAILREMOTE_QMAILQ=qmailq,
+                                       QMAILHOME=ours_home,
+                                       QMAILREMOTE_SPAWN_LIMIT="255")
+                            env.pop("QMAILREMOTE_RSPAWN_EXEC", None)
+                            command = [rspawn]
+                            if name == "ours-exec":
+                                env["QMAILREMOTE_RSPAWN_EXEC"] = "1"
+                                env["PATH"] = ours_bin + ":" + env["PATH"]
+                            elif name == "c+ours":
+                                command = [args.c_rspawn]
+                                env["PATH"] = ours_bin + ":" + env["PATH"]
+                                env["QMAILHOME"] = args.c_home
+                            elif name == "c+c":
+                                command = [args.c_rspawn]
+                                env["PATH"] = c_bin + ":" + env["PATH"]
+                            rows[name].append(drive(command, env,
+                                                    args.count, conc))
+                    for name in spawners:
+                        wall = statistics.median(r[0] for r in rows[name])
+                        cpu = statistics.median(r[1] for r in rows[name])
+                        uss = statistics.median(r[2][0] for r in rows[name])
+                        pss = statistics.median(r[2][1] for r in rows[name])
+                        results.append((size_text, conc, name,
+                                        args.count / wall,
+                                        cpu / args.count * 1e3,
+                                        uss / (1 << 20), pss / (1 << 20)))
+                        print(f"{size_text:>4} c={conc:<3} {name:9} "
+                              f"{args.count / wall:8.0f} msg/s  "
+                              f"{cpu / args.count * 1e3:6.2f} ms CPU/msg  "
+                              f"USS {uss / (1 << 20):5.2f} MiB  "
+                              f"PSS {pss / (1 << 20):5.2f} MiB "
+                              f"per concurrent delivery", flush=True)
+    finally:
+        for item in reversed(made):
+            if isinstance(item, tuple):
+                _, backup, path = item
+                os.replace(backup, path)
+            elif os.path.isdir(item):
+                shutil.rmtree(item, ignore_errors=True)
+            elif os.path.exists(item):
+                os.remove(item)
+    return results
+
+
+if __name__ == "__main__":
+    main()
