@@ -18,6 +18,8 @@ The address binds IPv4 connections only; an IPv6 connection (README,
 when only ``smtp_bind_address`` is set.
 """
 
+import sys
+
 try:
     import _socket as socket
 except ImportError:  # not CPython
@@ -37,7 +39,9 @@ HELOHOSTBYIP = "helohostbyip"
 _ANY = b"\0\0\0\0"
 # Linux: take the port at connect() time, not at bind() time, so that a
 # bound address keeps the whole ephemeral range for every destination.
-_BIND_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", None)
+# Python < 3.11 lacks the name; 24 is Linux's value (linux/in.h).
+_BIND_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT",
+                        24 if sys.platform.startswith("linux") else None)
 
 
 class Source:

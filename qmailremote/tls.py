@@ -75,6 +75,9 @@ def error_reason(exc):
     if isinstance(exc, TimeoutError) or exc.__class__.__name__ == "timeout":
         return b"timed out"
     if ssl is not None and isinstance(exc, ssl.SSLError):
+        if getattr(exc, "reason", None) == "UNEXPECTED_EOF_WHILE_READING":
+            # Python 3.9 with OpenSSL 3; 3.10+ raise SSLEOFError, this text.
+            return b"EOF occurred in violation of protocol"
         args = exc.args
         text = str(args[1] if len(args) > 1 else args[0] if args else "")
         if text.startswith("["):
@@ -196,6 +199,9 @@ class TlsControls:
             raise _SetupError(b"TLS error initializing ctx", _NO_SSL)
         try:
             ctx = ssl._SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            # Python 3.9 sets it by default with OpenSSL 3: a peer closing
+            # without close_notify would look like a clean close.
+            ctx.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
             ctx.check_hostname = False      # qmail-tls's own check, later
             ctx.minimum_version = ssl.PROTO_TLSv1_2
             ctx.set_ciphers(self.ciphers or "DEFAULT")

@@ -6,6 +6,8 @@ reference here wherever the two libraries agree, and the glibc-specific
 cases are pinned by hand.
 """
 
+import struct
+
 import dns.exception
 import dns.name
 import pytest
@@ -56,7 +58,9 @@ def test_text_round_trips_to_the_same_wire(labels):
 def test_encoding_matches_dnspython(text):
     try:
         expected = dns.name.from_text(text).to_wire()
-    except dns.exception.DNSException:
+    # dnspython < 2.9 (2.7 is the last for Python 3.9, 2.8 for 3.10) lets
+    # an escape above \255 through to struct.pack
+    except (dns.exception.DNSException, struct.error):
         expected = None
     assert name_to_wire(text) == expected
 

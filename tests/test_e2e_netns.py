@@ -14,6 +14,8 @@ skip: CI installs the package before running the suite, so a missing
 command means a broken install.
 """
 
+from __future__ import annotations
+
 import os
 import shutil
 import struct
