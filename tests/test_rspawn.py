@@ -44,7 +44,7 @@ from hypothesis import given, settings, strategies as st
 import qmailremote
 from qmailremote import rspawn
 from smtpserver import (ScriptedServer, TeeSMTPServer, read_to_eof, send,
-                        smtp_script, wait_event, expect_line)
+                        smtp_script, wait_event)
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(qmailremote.__file__))
 ME = pwd.getpwuid(os.getuid()).pw_name
@@ -427,10 +427,11 @@ def held_script(event, **kw):
 # report(): the table
 
 
-#: (wait status, qmail-remote's output, the report).  Every row with exit
-#: status 0 and an output ending in NUL was run through netqmail 1.06's
-#: qmail-rspawn (a fake qmail-remote printing the output) and gave this
-#: report; the others follow the wait-status branches of report().
+#: (wait status, qmail-remote's output, the report).  Every row was checked
+#: against netqmail 1.06's qmail-rspawn, run with a fake qmail-remote that
+#: prints the output (scripts/differential_rspawn.py, ``report/*``: the
+#: same outputs) or dies of SIGKILL or SIGSEGV, or exits 111, 100, 1, 255,
+#: or 0 silently (``fake/*``).
 REPORT_TABLE = [
     # the wait status comes first
     (9, b"r\0K ok\0", b"Zqmail-remote crashed.\n"),
@@ -1078,6 +1079,29 @@ def test_no_child_left(spawn, home, backend):
         wait_exited(kids)
         victim.wait_done()
         held.wait_done()
+
+
+def test_idle_worker_killed(home, remote_bin):
+    # A worker that dies while idle (the OOM killer...) is reaped, and the
+    # next delivery gets a live one.
+    with TeeSMTPServer(final_reply="250 ok queued") as tee:
+        home.routes(tee=tee)
+        s = Spawner(home, "warm")
+        try:
+            assert s.read(1) == b"x"
+            s.write(cmd(0, "1/100", "a@tee.test"))
+            assert s.report() == (0, ACCEPTED)
+            idle, = children(s.pid)
+            os.kill(idle, signal.SIGKILL)
+            wait_exited([idle])
+            s.write(cmd(0, "1/100", "b@tee.test"))
+            assert s.report() == (0, ACCEPTED)
+            assert proc_state(idle) is None       # reaped, not a zombie
+            assert idle not in children(s.pid)
+            assert s.finish() == (b"", 0)
+            assert len(tee.wait_messages(2)) == 2
+        finally:
+            s.kill()
 
 
 def test_delivery_descriptors(spawn, home, backend):
