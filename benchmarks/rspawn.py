@@ -91,11 +91,12 @@ class Setup:
 
     def __init__(self, home, port, size, uid, made):
         self.home = home
-        for d in ("control", "queue/mess/0", "queue/lock"):
+        for d in ("control", "queue", "queue/mess", "queue/mess/0",
+                  "queue/lock"):
             path = os.path.join(home, d)
             if not os.path.isdir(path):
-                os.makedirs(path)
-                made.append(path)
+                os.mkdir(path)
+                made.append(path)   # removed in reverse: leaves first
         for name, text in (("me", "bench.example\n"),
                            ("smtproutes",
                             f"bench.example:127.0.0.1:{port}\n")):

@@ -266,13 +266,21 @@ class ExecBackend:
         except OSError:
             return ERR_PIPE
         entry = [slot, None, w, bytearray(), None]
+        argv = [b"qmail-remote", host, sender, recip]
         try:
-            pid = os.posix_spawnp(
-                b"qmail-remote", [b"qmail-remote", host, sender, recip],
-                os.environ,
-                file_actions=[(os.POSIX_SPAWN_DUP2, fd, 0),
-                              (os.POSIX_SPAWN_DUP2, w, 1),
-                              (os.POSIX_SPAWN_DUP2, w, 2)])
+            try:
+                pid = self._spawn(b"qmail-remote", argv, fd, w)
+            except OSError as exc:
+                if exc.errno != errno.ENOEXEC:
+                    raise
+                # execvp's fallback, which posix_spawnp lacks: a file
+                # without "#!" runs under /bin/sh.
+                import shutil
+                path = shutil.which("qmail-remote")
+                if path is None:
+                    raise
+                pid = self._spawn(b"/bin/sh", [b"sh", os.fsencode(path),
+                                               *argv[1:]], fd, w)
         except OSError as exc:
             if exc.errno == errno.EAGAIN:   # no process to be had
                 os.close(r)
@@ -288,6 +296,20 @@ class ExecBackend:
         self.slots[r] = entry
         self.by_pid[pid] = r
         return None
+
+    @staticmethod
+    def _spawn(program, argv, fd, w):
+        """posix_spawnp with the C child's fds and signal state: the
+        message on 0, the pipe on 1 and 2, SIGCHLD blocked (the C spawner
+        forks with it blocked), SIGXFSZ at its default (CPython ignores
+        it; an ignored signal stays ignored across exec)."""
+        import signal
+        return os.posix_spawnp(
+            program, argv, os.environ,
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, 0),
+                          (os.POSIX_SPAWN_DUP2, w, 1),
+                          (os.POSIX_SPAWN_DUP2, w, 2)],
+            setsigdef=(signal.SIGXFSZ,), setsigmask=(signal.SIGCHLD,))
 
     def fds(self):
         return set(self.slots)
