@@ -21,12 +21,16 @@ and the qmailq uid compiled in: the message files are chowned to
 ``--qmailq-uid`` (default: this process's uid), and ours is told the user
 with ``QMAILREMOTE_QMAILQ``.
 
+Each run first makes ``--warmup`` deliveries (default: twice the
+concurrency), which are not measured: a spawner is measured in its steady
+state (ours with its workers forked, as after qmail has run a while).
 Reported per spawner, message size and concurrency: messages per second
-(wall), CPU per delivery (user+sys of the spawner and everything it
-started, from ``RUSAGE_CHILDREN``), and memory per concurrent delivery:
+(wall), CPU per delivery (user+sys of the spawner's whole process tree,
+live or reaped, from ``/proc``), and memory per concurrent delivery:
 the unique (USS) and proportional (PSS) set sizes of the spawner and all
 its descendants, from ``/proc/<pid>/smaps_rollup``, sampled while the
-pipeline is full, minus the idle spawner's, divided by the concurrency.
+pipeline is full (every 0.2 s, the median), minus the idle spawner's,
+divided by the concurrency.
 
     python benchmarks/rspawn.py [--count 2000] [--sizes 1K,10K]
         [--concurrency 1,8,32,120] [--spawners ours,ours-exec,c+ours,c+c]
@@ -35,7 +39,6 @@ pipeline is full, minus the idle spawner's, divided by the concurrency.
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -66,6 +69,23 @@ def _children(pid):
     for kid in kids:
         out += _children(kid)
     return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid):
+    """CPU seconds of pid and its descendants, live or reaped by them:
+    utime+stime+cutime+cstime over the whole tree (/proc/<pid>/stat)."""
+    total = 0
+    for p in _children(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+    return total / _TICK
 
 
 def _memory(pid):
@@ -114,10 +134,13 @@ class Setup:
         made.append(self.message)
 
 
-def drive(command, env, count, concurrency):
-    """Run *count* deliveries through the spawner; (wall, cpu, mem)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
+def drive(command, env, count, concurrency, warmup):
+    """*warmup* deliveries, then *count* measured: (wall, cpu, mem).
+
+    The warm-up brings a spawner to its steady state (ours: the workers
+    forked, as they are after qmail has run a while); CPU is the
+    spawner's process tree's, from /proc, over the measured part only.
+    """
     p = subprocess.Popen(command, stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, env=env)
     limit = p.stdout.read(1)[0]
@@ -125,20 +148,28 @@ def drive(command, env, count, concurrency):
     free = list(range(concurrency))
     sent = done = 0
     buf = b""
-    mem = None
+    samples = []
+    last_sample = 0.0
     idle = _memory(p.pid)
     command_bytes = b"0/100\0s@bench.example\0r@bench.example\0"
-    while done < count:
+    total = count + warmup
+    start = cpu0 = None
+    if not warmup:
+        start, cpu0 = time.perf_counter(), _cpu(p.pid)
+    while done < total:
+        if start is None and done >= warmup:
+            start, cpu0 = time.perf_counter(), _cpu(p.pid)
         batch = b""
-        while free and sent < count:
+        while free and sent < total:
             batch += bytes((free.pop(),)) + command_bytes
             sent += 1
         if batch:
             p.stdin.write(batch)
             p.stdin.flush()
-        if mem is None and sent >= min(count, concurrency * 3) and \
-                not free:
-            mem = _memory(p.pid)
+        if start is not None and not free and \
+                time.perf_counter() - last_sample > 0.2:
+            samples.append(_memory(p.pid))
+            last_sample = time.perf_counter()
         chunk = os.read(p.stdout.fileno(), 65536)
         if not chunk:
             raise SystemExit(f"{command[0]} ended early")
@@ -151,14 +182,13 @@ def drive(command, env, count, concurrency):
                 raise SystemExit(f"delivery failed: {text!r}")
             free.append(slot)
             done += 1
+    wall = time.perf_counter() - start
+    cpu = _cpu(p.pid) - cpu0
     p.stdin.close()
     p.wait()
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime + after.ru_stime -
-           before.ru_stime)
-    if mem is None:
-        mem = idle
+    # The median of the samples taken with every slot busy.
+    mem = (statistics.median(m[0] for m in samples),
+           statistics.median(m[1] for m in samples)) if samples else idle
     per = tuple(max(m - i, 0) / concurrency for m, i in zip(mem, idle))
     return wall, cpu, per
 
@@ -174,6 +204,9 @@ def main():
     parser.add_argument("--c-home")
     parser.add_argument("--qmailq-uid", type=int, default=os.getuid())
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=-1,
+                        help="deliveries before measuring (default: "
+                             "twice the concurrency)")
     args = parser.parse_args()
     import pwd
     qmailq = pwd.getpwuid(args.qmailq_uid).pw_name
@@ -226,8 +259,11 @@ def main():
                             elif name == "c+c":
                                 command = [args.c_rspawn]
                                 env["PATH"] = c_bin + ":" + env["PATH"]
+                            warmup = args.warmup if args.warmup >= 0 \
+                                else 2 * conc
                             rows[name].append(drive(command, env,
-                                                    args.count, conc))
+                                                    args.count, conc,
+                                                    warmup))
                     for name in spawners:
                         wall = statistics.median(r[0] for r in rows[name])
                         cpu = statistics.median(r[1] for r in rows[name])
