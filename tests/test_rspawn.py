@@ -183,7 +183,8 @@ def fake(tmp_path):
 class Spawner:
     """A running qmail-rspawn: write commands, read fd 1 as it comes."""
 
-    def __init__(self, home, backend, *, path_dir=None, env=None):
+    def __init__(self, home, backend, *, path_dir=None, env=None,
+                 preexec_fn=None):
         e = {k: v for k, v in os.environ.items()
              if not k.startswith("QMAILREMOTE_")}
         e["QMAILHOME"] = str(home.root)
@@ -200,7 +201,7 @@ class Spawner:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "qmailremote.rspawn"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                env=e, cwd="/")
+                env=e, cwd="/", preexec_fn=preexec_fn)
         self.pid = self.proc.pid
         self.buf = bytearray()   # fd 1 as read so far
         self.pos = 0             # what read()/report() have consumed
@@ -1168,3 +1169,51 @@ def test_delivery_descriptors(spawn, home, backend):
         release.set()
         assert sorted(s.reports(2)) == [(0, ACCEPTED), (1, ACCEPTED)]
         assert s.finish() == (b"", 0)
+
+
+# ---------------------------------------------------------------------------
+# Limits: many slots at once, few descriptors
+
+def test_many_slots_each_reported_once(spawn, home):
+    """60 deliveries handed over in one write, on 60 slots up to 254 with
+    the spawn limit at 255: each slot gets exactly one report."""
+    slots = list(range(0, 255, 4))[:60] + [254]
+    with TeeSMTPServer(final_reply="250 ok queued") as srv:
+        home.routes(tee=srv)
+        s = spawn(env={"QMAILREMOTE_SPAWN_LIMIT": "255"})
+        assert s.read(1) == b"\xff"
+        s.write(b"".join(cmd(n, "1/100", "r%d@tee.test" % n) for n in slots))
+        got = s.reports(len(slots))
+        out, status = s.finish()
+    assert out == b"" and status == 0
+    assert sorted(slot for slot, _ in got) == sorted(slots)
+    assert {text for _, text in got} == {ACCEPTED}
+    assert len(srv.messages) == len(slots)
+
+
+def test_low_descriptor_limit_defers_cleanly(spawn, home):
+    """With ulimit -n 24, 40 deliveries at once cannot all get a pipe or
+    a worker: those that cannot are C's "unable to create pipe" (or
+    "fork") Z reports, the others are delivered; no traceback, exit 0."""
+    import resource
+
+    def low():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
+    with TeeSMTPServer(final_reply="250 ok queued") as srv:
+        home.routes(tee=srv)
+        s = spawn(preexec_fn=low)
+        assert s.read(1) == b"x"
+        s.write(b"".join(cmd(n, "1/100", "r%d@tee.test" % n)
+                         for n in range(40)))
+        got = s.reports(40)
+        out, status = s.finish()
+    assert status == 0 and out == b""
+    assert b"Traceback" not in s.stderr()
+    texts = {text for _, text in got}
+    assert texts <= {ACCEPTED, b"Zqmail-spawn unable to create pipe. "
+                     b"(#4.3.0)\n", b"Zqmail-spawn unable to fork. "
+                     b"(#4.3.0)\n"}, texts
+    assert sorted(slot for slot, _ in got) == list(range(40))
+    assert ACCEPTED in texts
+    assert len(texts) > 1   # the limit was reached: some were refused
+    assert len(srv.messages) == sum(text == ACCEPTED for _, text in got)
