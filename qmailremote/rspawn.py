@@ -22,7 +22,6 @@ spawn limit is 120 (netqmail's ``conf-spawn``), or
 ``QMAILREMOTE_SPAWN_LIMIT`` (1 to 255).
 """
 
-import errno
 import os
 import select
 import signal
@@ -32,11 +31,9 @@ __all__ = ["main", "report", "Spawner", "DEFAULT_LIMIT"]
 
 DEFAULT_LIMIT = 120
 _CMD_READ = 1024
-_REPLY_READ = 1 << 16
 
 # docmd()'s texts.
 _ERR_NOMEM = b"Zqmail-spawn out of memory. (#4.3.0)\n"
-_ERR_NEGATIVE = b"ZInternal error: delnum negative. (#4.3.5)\n"
 _ERR_TOO_BIG = b"ZInternal error: delnum too big. (#4.3.5)\n"
 _ERR_IN_USE = b"ZInternal error: delnum in use. (#4.3.5)\n"
 _ERR_NONNUMERIC = b"DInternal error: messid has nonnumerics. (#5.3.5)\n"
@@ -174,7 +171,10 @@ class Spawner:
                 self.fields[self.stage].clear()
                 self.stage += 1
             else:
-                self._docmd()
+                try:
+                    self._docmd()
+                except MemoryError:
+                    self._err(_ERR_NOMEM)
                 self.stage = 0
 
     def _err(self, text):
