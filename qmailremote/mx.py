@@ -151,7 +151,7 @@ class Resolver:
             if not words or words[0][:1] in (b"#", b";"):
                 continue
             if words[0] == b"nameserver" and len(words) > 1:
-                if len(servers) < _MAXNS and _is_address(words[1]):
+                if len(servers) < _MAXNS and is_address(words[1]):
                     servers.append((words[1].decode("ascii"), 53))
             elif words[0] == b"options":
                 for option in words[1:]:
@@ -203,7 +203,8 @@ def _capped(digits, cap):
     return min(int(digits or b"0"), cap)
 
 
-def _is_address(text):
+def is_address(text):
+    """Whether *text* (bytes) is an IPv4 or IPv6 address (resolv.conf)."""
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
             socket.inet_pton(family, text.decode("ascii"))

@@ -1370,7 +1370,7 @@ class Checker:
         listed = [line.split() for line in data.splitlines()]
         listed = [w for w in listed if len(w) > 1 and w[0] == b"nameserver"]
         servers = [host for host, _ in resolver.nameservers]
-        default = not any(_is_address(words[1]) for words in listed)
+        default = not any(mx.is_address(words[1]) for words in listed)
         notes = []
         kind = "ok"
         if error is not None:
@@ -1548,16 +1548,6 @@ _ORDER = {"ok": 0, "warn": 1, "bad": 2}
 
 def _worse(a, b):
     return a if _ORDER[a] >= _ORDER[b] else b
-
-
-def _is_address(text):
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, text.decode("ascii"))
-            return True
-        except (OSError, UnicodeDecodeError):
-            pass
-    return False
 
 
 def _entries(count):
