@@ -141,8 +141,22 @@ def _candidates(addresses, me, route, all_aliases):
     return candidates
 
 
-def _quiet(kind, data):
+def _quiet(kind, ip, port=None):
     pass
+
+
+def _noting(transcript):
+    """note(kind, ip[, port]) for deliver()'s *transcript* hook; the text
+    is made only when there is a hook."""
+    if transcript is None:
+        return _quiet
+    from .mx import ip_text
+
+    def note(kind, ip, port=None):
+        text = ip_text(ip)
+        transcript(kind, text if port is None else
+                   b"%s port %d" % (text, port))
+    return note
 
 
 def _run(host, sender, recipients, message, home, resolver, transcript):
@@ -211,17 +225,17 @@ def _run(host, sender, recipients, message, home, resolver, transcript):
         if controls.esmtp and route is not None and route.has_credentials:
             from .auth import credentials_for
             credentials = credentials_for(home_fd, route)
-        note = transcript or _quiet
+        note = _noting(transcript)
         for ip, name in _candidates(addresses, me, route, all_aliases):
             if tcpto.skip(ip):
-                note("skipped", ip_text(ip))
+                note("skipped", ip)
                 continue
             starter = tls.starter(name, port) if tls is not None else None
-            note("connect", b"%s port %d" % (ip_text(ip), port))
+            note("connect", ip, port)
             sock, timed_out = connect(ip, port, controls.timeoutconnect,
                                       source)
             if sock is None:
-                note("timeout" if timed_out else "unreachable", ip_text(ip))
+                note("timeout" if timed_out else "unreachable", ip)
                 tcpto.update(ip, timed_out)
                 continue
             tcpto.update(ip, False)
@@ -236,12 +250,11 @@ def _run(host, sender, recipients, message, home, resolver, transcript):
             result = session.run(dialogue, *args, starter, credentials)
             if starter is not None and starter.fell_back:
                 # The opportunistic handshake failed: once more, in clear.
-                note("connect", b"%s port %d" % (ip_text(ip), port))
+                note("connect", ip, port)
                 sock, timed_out = connect(ip, port, controls.timeoutconnect,
                                           source)
                 if sock is None:
-                    note("timeout" if timed_out else "unreachable",
-                         ip_text(ip))
+                    note("timeout" if timed_out else "unreachable", ip)
                     tcpto.update(ip, timed_out)
                     continue
                 session = Session(sock, ip_text(ip), controls.timeoutremote,

@@ -433,16 +433,16 @@ def _find_ips(answers, pref, name, out, qtype=T_A):
     """findip(T_A), or the same for AAAA, over a whole answer; SOFT or None.
     """
     size = _ADDRESS_SIZE[qtype]
+    if size == 16:
+        from .addresses import normalise
     try:
         for rrtype, pos, rdlength in answers:
             if rrtype == qtype:
                 if rdlength < size or pos + size > len(answers.wire):
                     return SOFT
                 ip = answers.wire[pos:pos + size]
-                if size == 16:
-                    from .addresses import normalise
-                    ip = normalise(ip)
-                out.append((ip, pref, name))
+                out.append((normalise(ip) if size == 16 else ip, pref,
+                            name))
     except ValueError:
         return SOFT
     return None

@@ -315,7 +315,7 @@ def main():
     if os.environ.get("QMAILREMOTE_RSPAWN_EXEC"):
         backend = workers.ExecBackend()
     else:
-        backend = workers.WarmBackend(limit)
+        backend = workers.WarmBackend()
     _tcpto_clean()
     out = _Output()
     out.write(bytes((limit,)))

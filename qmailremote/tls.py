@@ -31,7 +31,6 @@ about 10 ms of imports to every delivery that uses TLS, and nothing here
 needs it.
 """
 
-import errno
 import os
 import stat
 

@@ -13,8 +13,8 @@ reports a qmail-remote killed by a signal; the other workers go on.  A
 delivery that hangs holds its worker, as a hanging qmail-remote holds its
 slot under C.  The pool grows on demand up to the spawn limit; a worker is
 retired after :data:`RECYCLE` deliveries (bounding whatever a long-lived
-interpreter accumulates), and idle workers beyond the last minute's need
-are retired too.
+interpreter accumulates), and when a delivery ends, workers idle for a
+minute are retired (one is kept).
 
 :class:`ExecBackend` (``QMAILREMOTE_RSPAWN_EXEC=1``) does what netqmail's
 qmail-rspawn does: one ``qmail-remote`` process per delivery, found on
@@ -109,10 +109,9 @@ def _worker_main(sock):
 class WarmBackend:
     """Deliveries in pre-imported worker processes (module doc)."""
 
-    def __init__(self, limit):
+    def __init__(self):
         import gc
         preload()
-        self.limit = limit
         self.idle = []
         self.busy = {}       # socket fd -> worker
         self.status = {}     # pid -> wait status of a busy worker reaped
@@ -229,9 +228,9 @@ class WarmBackend:
             try:
                 pid, wstat = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return []
+                return
             if pid == 0:
-                return []
+                return
             if any(w.pid == pid for w in self.busy.values()):
                 self.status[pid] = wstat
             else:
@@ -258,7 +257,6 @@ class ExecBackend:
     def __init__(self):
         self.slots = {}      # read fd -> [slot, pid, write fd, output, wstat]
         self.by_pid = {}
-        self.done = []
 
     def start(self, slot, fd, host, sender, recip):
         try:
@@ -337,9 +335,9 @@ class ExecBackend:
             try:
                 pid, wstat = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return []
+                return
             if pid == 0:
-                return []
+                return
             r = self.by_pid.pop(pid, None)
             if r is None:
                 continue
