@@ -10,11 +10,13 @@ cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
+from libc.errno cimport EFAULT
 from libc.string cimport memchr, memcpy, memmove
 
 from .errors import ConnectionDied, PartialLineError
 
-__all__ = ["Encoder", "Writer", "ReplyReader", "body_counts", "HUGESMTPTEXT",
+__all__ = ["Encoder", "Writer", "ReplyReader", "body_counts", "ends_line",
+           "HUGESMTPTEXT",
            "MAX_REPLY_TEXT", "QMAIL_BLOCK"]
 
 
@@ -215,22 +217,174 @@ cdef extern from *:
                         Py_ssize_t *lfs, Py_ssize_t *dots) nogil
 
 
+
+# -- Faults while reading the caller's memory ------------------------------
+#
+# A message file is mapped while it is sent; if another process truncates
+# it meanwhile, reading a page past the new end raises SIGBUS (SIGSEGV for
+# an address with no mapping).  Every loop here that reads the caller's
+# bytes runs under qr_guarded(): a fault inside it is turned back, in the
+# faulting thread only, into an OSError for that one call.  The process,
+# and any other delivery it runs on another thread (a warm qmail-rspawn
+# worker), goes on.  A fault anywhere else reaches the disposition that was
+# there before (the default: death by the signal), as it always did.
+cdef extern from *:
+    """
+    #include <pthread.h>
+    #include <setjmp.h>
+    #include <signal.h>
+    #include <string.h>
+    typedef void (*qr_work_fn)(void *);
+    static __thread sigjmp_buf *qr_armed;
+    static struct sigaction qr_prev_segv, qr_prev_bus;
+    static pthread_once_t qr_once = PTHREAD_ONCE_INIT;
+    static int qr_installed;
+
+    static void qr_on_fault(int sig, siginfo_t *info, void *context)
+    {
+        sigjmp_buf *env = qr_armed;
+        (void)context;
+        /* si_code > 0: raised by the hardware, in this thread, inside a
+           guarded loop.  Sent signals (kill: si_code <= 0) are not ours. */
+        if (env != NULL && info != NULL && info->si_code > 0) {
+            qr_armed = NULL;
+            siglongjmp(*env, sig);
+        }
+        /* Not ours: the previous disposition takes over.  A fault happens
+           again when this returns; a sent signal is sent again. */
+        sigaction(sig, sig == SIGBUS ? &qr_prev_bus : &qr_prev_segv, NULL);
+        if (info == NULL || info->si_code <= 0)
+            raise(sig);
+    }
+
+    /* Installed at the first guarded call, not at import: a program that
+       imports the package and never sends keeps its handlers.  SA_NODEFER:
+       the jump skips the handler's return, which would unblock the signal
+       (sigsetjmp(env, 0) saves no mask, so no system call per call). */
+    static void qr_install(void)
+    {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = qr_on_fault;
+        sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGSEGV, &sa, &qr_prev_segv) != 0)
+            return;
+        if (sigaction(SIGBUS, &sa, &qr_prev_bus) != 0) {
+            sigaction(SIGSEGV, &qr_prev_segv, NULL);
+            return;
+        }
+        qr_installed = 1;
+    }
+
+    /* fn(arg), or the number of the signal that cut it short.  All of
+       fn's state lives behind arg, so nothing is left in registers that
+       the jump could clobber. */
+    static int qr_guarded(qr_work_fn fn, void *arg)
+    {
+        sigjmp_buf env;
+        int sig;
+        pthread_once(&qr_once, qr_install);
+        if (!qr_installed) {
+            fn(arg);
+            return 0;
+        }
+        sig = sigsetjmp(env, 0);
+        if (sig == 0) {
+            qr_armed = &env;
+            fn(arg);
+        }
+        qr_armed = NULL;
+        return sig;
+    }
+    """
+    ctypedef void (*qr_work_fn)(void *) noexcept nogil
+    int qr_guarded(qr_work_fn fn, void *arg) nogil
+
+
+cdef enum JobKind:
+    J_COUNTS
+    J_SIZE
+    J_COPY
+    J_INTO
+    J_CRLF
+    J_ENDS
+
+
+cdef struct Job:
+    JobKind kind
+    BlastState *st
+    const unsigned char *src
+    Py_ssize_t n
+    unsigned char *dst
+    Py_ssize_t result
+    Py_ssize_t lfs
+    Py_ssize_t dots
+
+
+cdef void run_job(void *arg) noexcept nogil:
+    cdef Job *job = <Job *>arg
+    if job.kind == J_INTO:
+        job.result = blast_into(job.st, job.src, job.n, job.dst)
+    elif job.kind == J_CRLF:
+        job.result = crlf_copy(job.src, job.n, job.dst)
+    elif job.kind == J_SIZE:
+        job.result = blast_size(job.st.at_line_start, job.src, job.n)
+    elif job.kind == J_ENDS:
+        job.result = job.n == 0 or job.src[job.n - 1] == b'\n'
+    elif job.kind == J_COPY:
+        job.result = blast_copy(&job.st.at_line_start, job.src, job.n,
+                                job.dst)
+    else:
+        qr_body_counts(job.src, job.n, &job.lfs, &job.dots)
+        if job.n and job.st.at_line_start and job.src[0] == b'.':
+            job.dots += 1
+
+
+cdef int run_guarded(Job *job) except -1:
+    """run_job(job) without the GIL; OSError if reading faulted."""
+    cdef int sig
+    with nogil:
+        sig = qr_guarded(run_job, job)
+    if sig:
+        raise OSError(EFAULT, "the message could not be read from memory "
+                      "(signal %d: a mapped file truncated?)" % sig)
+    return 0
+
+
 def body_counts(data, bint at_line_start):
     """``(lfs, dots)`` for one chunk of a message (see ``_fast_py``)."""
     cdef Py_buffer view
-    cdef Py_ssize_t lfs = 0
-    cdef Py_ssize_t dots = 0
+    cdef BlastState st
+    cdef Job job
+    st.at_line_start = at_line_start
+    job.kind = J_COUNTS
+    job.st = &st
+    job.lfs = 0
+    job.dots = 0
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
-        with nogil:
-            qr_body_counts(<const unsigned char *>view.buf, view.len,
-                           &lfs, &dots)
-        if view.len and at_line_start and (<const unsigned char *>view.buf)[0] == b'.':
-            dots += 1
+        job.src = <const unsigned char *>view.buf
+        job.n = view.len
+        run_guarded(&job)
     finally:
         PyBuffer_Release(&view)
-    return lfs, dots
+    return job.lfs, job.dots
 
+
+def ends_line(data):
+    """True when *data* is empty or ends with LF (see ``_fast_py``)."""
+    cdef Py_buffer view
+    cdef Job job
+    job.kind = J_ENDS
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        job.src = <const unsigned char *>view.buf
+        job.n = view.len
+        run_guarded(&job)
+    finally:
+        PyBuffer_Release(&view)
+    return bool(job.result)
 
 cdef inline Py_ssize_t crlf_copy(const unsigned char *src, Py_ssize_t n,
                                  unsigned char *dst) noexcept nogil:
@@ -281,19 +435,19 @@ cdef class Encoder:
     def encode(self, data):
         """Return the wire bytes for one chunk of the message."""
         cdef Py_buffer view
-        cdef Py_ssize_t size
         cdef bytes out
-        cdef unsigned char *dst
+        cdef Job job
+        job.st = &self._st
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            with nogil:
-                size = blast_size(self._st.at_line_start,
-                                  <const unsigned char *>view.buf, view.len)
-            out = PyBytes_FromStringAndSize(NULL, size)
-            dst = <unsigned char *>PyBytes_AS_STRING(out)
-            with nogil:
-                blast_copy(&self._st.at_line_start,
-                           <const unsigned char *>view.buf, view.len, dst)
+            job.src = <const unsigned char *>view.buf
+            job.n = view.len
+            job.kind = J_SIZE
+            run_guarded(&job)
+            out = PyBytes_FromStringAndSize(NULL, job.result)
+            job.dst = <unsigned char *>PyBytes_AS_STRING(out)
+            job.kind = J_COPY
+            run_guarded(&job)
         finally:
             PyBuffer_Release(&view)
         return out
@@ -378,10 +532,11 @@ cdef class Writer:
         """Encode one chunk of the message into the buffer."""
         cdef Py_buffer view
         cdef const unsigned char *src
-        cdef unsigned char *dst
         cdef Py_ssize_t done = 0
         cdef Py_ssize_t take
-        cdef Py_ssize_t written
+        cdef Job job
+        job.kind = J_INTO
+        job.st = &self._st
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             src = <const unsigned char *>view.buf
@@ -389,10 +544,11 @@ cdef class Writer:
                 take = view.len - done
                 if take > C_SLICE:
                     take = C_SLICE
-                dst = self._reserve(2 * take)
-                with nogil:
-                    written = blast_into(&self._st, src + done, take, dst + self._len)
-                self._len += written
+                job.dst = self._reserve(2 * take) + self._len
+                job.src = src + done
+                job.n = take
+                run_guarded(&job)
+                self._len += job.result
                 done += take
                 if self._len >= self._size:
                     self._flush_committed()
@@ -411,6 +567,7 @@ cdef class Writer:
         cdef Py_buffer view
         cdef unsigned char *dst
         cdef Py_ssize_t written
+        cdef Job job
         cdef Py_ssize_t gap = C_BDAT_HEADER
         cdef bytes header
         cdef Py_ssize_t hlen
@@ -419,9 +576,12 @@ cdef class Writer:
             if view.len and len(str(view.len)) == len(str(2 * view.len)):
                 gap = 7 + len(str(view.len)) + (5 if last else 0)
             dst = self._reserve(gap + 2 * view.len)
-            with nogil:
-                written = crlf_copy(<const unsigned char *>view.buf, view.len,
-                                    dst + self._len + gap)
+            job.kind = J_CRLF
+            job.src = <const unsigned char *>view.buf
+            job.n = view.len
+            job.dst = dst + self._len + gap
+            run_guarded(&job)
+            written = job.result
             header = b"BDAT %d%s\r\n" % (written, b" LAST" if last else b"")
             hlen = len(header)
             memcpy(dst + self._len, PyBytes_AS_STRING(header), <size_t>hlen)

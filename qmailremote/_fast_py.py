@@ -23,8 +23,8 @@
 
 from .errors import ConnectionDied, PartialLineError
 
-__all__ = ["Encoder", "Writer", "ReplyReader", "body_counts", "HUGESMTPTEXT",
-           "MAX_REPLY_TEXT", "QMAIL_BLOCK"]
+__all__ = ["Encoder", "Writer", "ReplyReader", "body_counts", "ends_line",
+           "HUGESMTPTEXT", "MAX_REPLY_TEXT", "QMAIL_BLOCK"]
 
 # qmail-remote.c HUGESMTPTEXT: how much reply text is kept.
 HUGESMTPTEXT = 5000
@@ -94,6 +94,15 @@ def body_counts(data, at_line_start):
         dots += 1
     return data.count(b"\n"), dots
 
+
+def ends_line(data):
+    """True when *data* is empty or its last byte is LF.
+
+    The compiled kernel reads that byte under its fault guard, so a mapped
+    message truncated meanwhile is an OSError, not a SIGBUS.
+    """
+    with memoryview(data) as view:
+        return not view or view[-1] == 10
 
 class Encoder:
     """Streaming ``blast()``: feed chunks of any size, then :meth:`finish`."""

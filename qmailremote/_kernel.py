@@ -13,27 +13,28 @@ import os
 # type checkers honour a module-level TYPE_CHECKING = False just the same.
 TYPE_CHECKING = False
 
-__all__ = ["Encoder", "Writer", "ReplyReader", "body_counts", "HUGESMTPTEXT",
+__all__ = ["Encoder", "Writer", "ReplyReader", "body_counts", "ends_line",
+           "HUGESMTPTEXT",
            "MAX_REPLY_TEXT", "QMAIL_BLOCK", "DEFAULT_BUFFER", "COMPILED"]
 
 if TYPE_CHECKING:
     from ._fast_py import (DEFAULT_BUFFER, HUGESMTPTEXT, MAX_REPLY_TEXT,
                            QMAIL_BLOCK, Encoder, ReplyReader, Writer,
-                           body_counts)
+                           body_counts, ends_line)
     COMPILED = False
 elif os.environ.get("QMAILREMOTE_NO_EXTENSIONS"):
     from ._fast_py import (DEFAULT_BUFFER, HUGESMTPTEXT, MAX_REPLY_TEXT,
                            QMAIL_BLOCK, Encoder, ReplyReader, Writer,
-                           body_counts)
+                           body_counts, ends_line)
     COMPILED = False
 else:
     try:
         from ._fast import (DEFAULT_BUFFER, HUGESMTPTEXT, MAX_REPLY_TEXT,
                             QMAIL_BLOCK, Encoder, ReplyReader, Writer,
-                            body_counts)
+                            body_counts, ends_line)
         COMPILED = True
     except ImportError:
         from ._fast_py import (DEFAULT_BUFFER, HUGESMTPTEXT, MAX_REPLY_TEXT,
                                QMAIL_BLOCK, Encoder, ReplyReader, Writer,
-                               body_counts)
+                               body_counts, ends_line)
         COMPILED = False

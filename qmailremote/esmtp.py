@@ -24,7 +24,7 @@ then, by what the server advertised
 The reply classes are 1.06's at every stage the two dialogues share.
 """
 
-from ._kernel import MAX_REPLY_TEXT
+from ._kernel import MAX_REPLY_TEXT, ends_line
 from .capabilities import NONE, Capabilities
 from .errors import ConnectionDied
 from .message import Message
@@ -227,12 +227,12 @@ def _bdat_body(session, message, survey, window):
                 # Released here: a slice left alive would keep a mapped
                 # file's mapping from closing when the loop is left.
                 with chunk[:remaining] as last:
-                    if remaining and last[remaining - 1] != 10:
+                    if not ends_line(last):
                         return PERM_PARTIALLINE
                     writer.chunk(last, True)
                 last_sent = True
                 break
-            complete = chunk[size - 1] == 10
+            complete = ends_line(chunk)
             writer.chunk(chunk, False)
             writer.flush()
             remaining -= size

@@ -19,11 +19,12 @@ whether a ``Received: ... with UTF8...`` header asks for SMTPUTF8.
 that cannot be read twice (a pipe, a file object) has no survey.
 """
 
+import errno
 import mmap
 import os
 import stat
 
-from ._kernel import body_counts
+from ._kernel import body_counts, ends_line
 
 __all__ = ["Message", "Survey", "CHUNK"]
 
@@ -289,7 +290,11 @@ def _mapped_chunks(fd, offset, size):
     skip = offset - start
     while start < size:
         length = min(_WINDOW, size - start)
-        mapped = mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=start)
+        try:
+            mapped = mmap.mmap(fd, length, access=mmap.ACCESS_READ,
+                               offset=start)
+        except ValueError:  # the file is shorter now than when it was sized
+            raise OSError(errno.EIO, "the message file shrank") from None
         try:
             mapped.madvise(mmap.MADV_SEQUENTIAL)
             with memoryview(mapped) as view:
@@ -304,7 +309,7 @@ def _mapped_chunks(fd, offset, size):
 
 def _survey_memory(view, count):
     lfs, dots = body_counts(view, True) if count else (None, None)
-    complete = not view or view[-1] == 10
+    complete = ends_line(view)
     return Survey(len(view), lfs, dots, complete,
                   utf8_header(view[:_HEAD].tobytes()))
 
@@ -319,7 +324,7 @@ def _count(fd, offset, size, cancelled=None):
         a, b = body_counts(chunk, at_line_start)
         lfs += a
         dots += b
-        at_line_start = chunk[-1] == 10
+        at_line_start = ends_line(chunk)
     return lfs, dots
 
 
