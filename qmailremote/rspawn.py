@@ -288,10 +288,11 @@ def serve(spawner, backend, wakeup):
                 poller.unregister(0)
             elif data:
                 spawner.feed(data)
-        for fd in sorted(ready & watched, key=backend.slot_of):
-            done = backend.readable(fd)
-            if done is not None:
-                spawner.finished(*done)
+        done = []
+        for fd in ready & watched:
+            done += backend.readable(fd)
+        for finished in sorted(done, key=lambda d: d[0]):
+            spawner.finished(*finished)
 
 
 def main():
@@ -315,7 +316,7 @@ def main():
     if os.environ.get("QMAILREMOTE_RSPAWN_EXEC"):
         backend = workers.ExecBackend()
     else:
-        backend = workers.WarmBackend()
+        backend = workers.WarmBackend(workers.per_worker_setting())
     _tcpto_clean()
     out = _Output()
     out.write(bytes((limit,)))

@@ -28,9 +28,11 @@ import time
 
 from .rspawn import ERR_FORK, ERR_PIPE
 
-__all__ = ["WarmBackend", "ExecBackend", "preload", "RECYCLE"]
+__all__ = ["WarmBackend", "ExecBackend", "preload", "per_worker_setting",
+           "RECYCLE", "PER_WORKER"]
 
 RECYCLE = 10000          # deliveries per worker before it is replaced
+PER_WORKER = 1           # deliveries a worker runs at once, by default
 _IDLE_SECONDS = 60       # idle workers beyond recent need retire after this
 _READ = 1 << 16
 
@@ -59,21 +61,48 @@ def preload():
 
 
 class _Worker:
-    __slots__ = ("pid", "sock", "slot", "buffer", "done", "idle_since")
+    __slots__ = ("pid", "sock", "slots", "buffer", "done", "idle_since")
 
     def __init__(self, pid, sock):
         self.pid = pid
         self.sock = sock
-        self.slot = None
+        self.slots = set()     # the deliveries it is running
         self.buffer = bytearray()
-        self.done = 0
+        self.done = 0          # deliveries finished or handed over
         self.idle_since = time.monotonic()
 
 
-def _worker_main(sock):
-    """A worker's life: one job at a time until the socket closes."""
-    import signal
+def _job(sock):
+    """The next job from the spawner: ``(slot, argv, fd)``, or None when
+    the spawner has gone (or sent something that is not a job)."""
+    try:
+        msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 1)
+    except OSError:
+        return None
+    if not msg or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return None
+    host, sender, recip = msg[1:].split(b"\0")[:3]
+    return msg[0], [host, sender, recip], fds[0]
+
+
+def _result(job):
+    """Run one delivery; the frame that carries its output back: slot,
+    length (4 bytes, big-endian), the bytes qmail-remote prints."""
     from .cli import run
+    slot, argv, fd = job
+    try:
+        output = run(argv, fd)
+    finally:
+        os.close(fd)
+    return bytes((slot,)) + len(output).to_bytes(4, "big") + output
+
+
+def _worker_main(sock, per_worker):
+    """A worker's life: jobs until the socket closes, *per_worker* at a
+    time (each on its own thread when more than one)."""
+    import signal
     signal.set_wakeup_fd(-1)
     for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
         signal.signal(number, signal.SIG_DFL)
@@ -83,37 +112,77 @@ def _worker_main(sock):
     keep = sock.fileno()
     os.closerange(3, keep)
     os.closerange(keep + 1, 1 << 16)
-    while True:
-        try:
-            msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 1)
-        except OSError:
-            break
-        if not msg:
-            break
-        if len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            break
-        host, sender, recip = msg.split(b"\0")[:3]
-        try:
-            output = run([host, sender, recip], fds[0])
-        finally:
-            os.close(fds[0])
-        try:
-            sock.sendall(len(output).to_bytes(4, "big") + output)
-        except OSError:
-            break
+    if per_worker == 1:
+        while True:
+            job = _job(sock)
+            if job is None:
+                break
+            try:
+                sock.sendall(_result(job))
+            except OSError:
+                break
+    else:
+        _threaded(sock, per_worker)
     os._exit(0)
+
+
+def _threaded(sock, count):
+    """*count* delivery threads fed from this one; the spawner never hands
+    a worker more jobs than it has threads.  At the socket's end the
+    running deliveries finish and are sent, then the worker exits."""
+    import queue
+    import threading
+    jobs = queue.SimpleQueue()
+    sending = threading.Lock()
+
+    def deliver():
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            frame = _result(job)
+            with sending:
+                try:
+                    sock.sendall(frame)
+                except OSError:   # the spawner is gone: nobody to report to
+                    os._exit(0)
+
+    threads = [threading.Thread(target=deliver, daemon=True)
+               for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    while True:
+        job = _job(sock)
+        if job is None:
+            break
+        jobs.put(job)
+    for _ in threads:
+        jobs.put(None)
+    for thread in threads:
+        thread.join()
+
+
+def per_worker_setting():
+    """``QMAILREMOTE_RSPAWN_PER_WORKER`` (1-255), else the default.  More
+    than one needs the compiled kernel, whose fault guard keeps a fault
+    reading a message to its own delivery; the pure twin has none."""
+    from ._kernel import COMPILED
+    text = os.environ.get("QMAILREMOTE_RSPAWN_PER_WORKER", "")
+    value = int(text) if text.isdigit() and 1 <= int(text) <= 255 \
+        else PER_WORKER
+    return value if COMPILED else 1
 
 
 class WarmBackend:
     """Deliveries in pre-imported worker processes (module doc)."""
 
-    def __init__(self):
+    def __init__(self, per_worker=1):
         import gc
         preload()
-        self.idle = []
-        self.busy = {}       # socket fd -> worker
+        self.per_worker = per_worker
+        self.idle = []       # workers running nothing
+        self.open = {}       # socket fd -> worker running some, with room
+        self.busy = {}       # socket fd -> worker running at least one
         self.status = {}     # pid -> wait status of a busy worker reaped
         gc.collect()
         gc.freeze()          # fewer copy-on-write pages in the workers
@@ -133,65 +202,95 @@ class WarmBackend:
         if pid == 0:
             try:
                 parent.close()
-                _worker_main(child)
+                _worker_main(child, self.per_worker)
             finally:
                 os._exit(0)
         child.close()
         return _Worker(pid, parent)
 
+    def _pick(self):
+        """A worker with room: an idle one first (deliveries spread over
+        the processes, so over the CPUs), then one already running some,
+        else a new one (or docmd()'s error text)."""
+        if self.idle:
+            return self.idle.pop()
+        if self.open:
+            return next(iter(self.open.values()))
+        return self._fork()
+
     def start(self, slot, fd, host, sender, recip):
         """Hand the delivery to a worker: None, or docmd()'s error text."""
-        job = b"\0".join((host, sender, recip, b""))
+        job = bytes((slot,)) + b"\0".join((host, sender, recip, b""))
         while True:
-            worker = self.idle.pop() if self.idle else self._fork()
+            worker = self._pick()
             if isinstance(worker, bytes):
                 return worker
             try:
                 socket.send_fds(worker.sock, [job], [fd])
                 break
-            except OSError:   # an idle worker died (OOM killer...): next
-                self._retire(worker)
-        worker.slot = slot
-        worker.buffer.clear()
-        self.busy[worker.sock.fileno()] = worker
+            except OSError:   # the worker died (OOM killer...): another
+                if worker.slots:   # its end, read as EOF, reports them
+                    self.open.pop(worker.sock.fileno(), None)
+                else:
+                    self._retire(worker)
+        worker.slots.add(slot)
+        worker.done += 1
+        key = worker.sock.fileno()
+        self.busy[key] = worker
+        if len(worker.slots) < self.per_worker and worker.done < RECYCLE:
+            self.open[key] = worker
+        else:
+            self.open.pop(key, None)
         return None
 
     def fds(self):
         return set(self.busy)
 
-    def slot_of(self, fd):
-        return self.busy[fd].slot
-
     def readable(self, fd):
-        """Output from a worker: the finished (slot, wstat, output), or
-        None while its report is incomplete."""
+        """Output from a worker: the deliveries it finished, as (slot,
+        wait status, output); all of its deliveries when it died."""
         worker = self.busy[fd]
         try:
             data = worker.sock.recv(_READ)
         except OSError:
             data = b""
         if not data:
-            # The worker died mid-delivery: its wait status says how.
+            # The worker died: its wait status is each delivery's.
             del self.busy[fd]
+            self.open.pop(fd, None)
             worker.sock.close()
-            return worker.slot, self._wait(worker.pid), b""
-        worker.buffer += data
+            wstat = self._wait(worker.pid)
+            return [(slot, wstat, b"") for slot in sorted(worker.slots)]
         buffer = worker.buffer
-        if len(buffer) < 4 or len(buffer) - 4 < int.from_bytes(buffer[:4],
-                                                                 "big"):
-            return None
-        del self.busy[fd]
-        output = bytes(buffer[4:])
-        worker.done += 1
-        slot = worker.slot
-        worker.slot = None
+        buffer += data
+        finished = []
+        while len(buffer) >= 5:
+            end = 5 + int.from_bytes(buffer[1:5], "big")
+            if len(buffer) < end:
+                break
+            slot = buffer[0]
+            finished.append((slot, 0, bytes(buffer[5:end])))
+            del buffer[:end]
+            worker.slots.discard(slot)
+        if finished:
+            self._settle(worker)
+        return finished
+
+    def _settle(self, worker):
+        """After deliveries ended: back to idle (or retired), or room."""
+        key = worker.sock.fileno()
+        if worker.slots:
+            if worker.done < RECYCLE:
+                self.open[key] = worker
+            return
+        del self.busy[key]
+        self.open.pop(key, None)
         if worker.done >= RECYCLE:
             self._retire(worker)
         else:
             worker.idle_since = time.monotonic()
             self.idle.append(worker)
             self._trim()
-        return slot, 0, output
 
     def _trim(self):
         """Retire workers idle for a minute (one is kept)."""
@@ -312,23 +411,20 @@ class ExecBackend:
     def fds(self):
         return set(self.slots)
 
-    def slot_of(self, fd):
-        return self.slots[fd][0]
-
     def readable(self, fd):
         entry = self.slots[fd]
         try:
             data = os.read(fd, 128)
         except OSError:
-            return None   # "read error on a readable pipe? be serious"
+            return []   # "read error on a readable pipe? be serious"
         if data:
             entry[3] += data
-            return None
+            return []
         if entry[2] is not None:
-            return None   # EOF before death: a grandchild closed it
+            return []   # EOF before death: a grandchild closed it
         del self.slots[fd]
         os.close(fd)
-        return entry[0], entry[4], bytes(entry[3])
+        return [(entry[0], entry[4], bytes(entry[3]))]
 
     def reap(self):
         while True:

@@ -3,9 +3,12 @@
 Every scenario test starts ``python -m qmailremote.rspawn`` with a scratch
 qmail home, talks netqmail's spawn protocol to it over a pipe (commands on
 fd 0, the spawn-limit byte then ``slot report NUL`` on fd 1) and compares
-the bytes it reads with recorded expected bytes.  Each runs twice:
+the bytes it reads with recorded expected bytes.  Each runs three times:
 
-* ``warm``: the default backend, deliveries in pre-forked workers;
+* ``warm``: the default backend, deliveries in pre-forked workers, one
+  at a time each;
+* ``threads``: the same with ``QMAILREMOTE_RSPAWN_PER_WORKER=4``, up to
+  four deliveries at once per worker, each on its own thread;
 * ``exec``: ``QMAILREMOTE_RSPAWN_EXEC=1``, the ``qmail-remote`` found
   first on ``PATH`` per delivery, as netqmail's qmail-rspawn does.  The
   directory put first on ``PATH`` holds the installed launcher (the one
@@ -49,7 +52,7 @@ from smtpserver import (ScriptedServer, TeeSMTPServer, read_to_eof, send,
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(qmailremote.__file__))
 ME = pwd.getpwuid(os.getuid()).pw_name
 IS_ROOT = os.geteuid() == 0
-BACKENDS = ["warm", "exec"]
+BACKENDS = ["warm", "threads", "exec"]
 #: Seconds any one wait (for output, a connection, an exit) may take.
 TIMEOUT = 20.0
 
@@ -193,6 +196,8 @@ class Spawner:
             p for p in [PACKAGE_ROOT, os.environ.get("PYTHONPATH")] if p)
         if backend == "exec":
             e["QMAILREMOTE_RSPAWN_EXEC"] = "1"
+        elif backend == "threads":
+            e["QMAILREMOTE_RSPAWN_PER_WORKER"] = "4"
         if path_dir is not None:
             e["PATH"] = f"{path_dir}{os.pathsep}{e.get('PATH', '/usr/bin:/bin')}"
         e.update(env or {})
@@ -988,7 +993,9 @@ def test_exec_qmail_remote_without_shebang(home, tmp_path):
 def test_delivery_killed(spawn, home, backend):
     release = threading.Event()
     with ScriptedServer([read_to_eof()]) as victim, \
-            ScriptedServer(held_script(release)) as held, \
+            ScriptedServer(
+                [wait_event(release), read_to_eof()] if backend == "threads"
+                else held_script(release)) as held, \
             TeeSMTPServer(final_reply="250 ok queued") as tee:
         home.routes(victim=victim, held=held, tee=tee)
         s = spawn()
@@ -997,13 +1004,26 @@ def test_delivery_killed(spawn, home, backend):
         victim.wait_connections(1)
         held.wait_connections(1)
         pid = pid_connected_to(s.pid, victim.port)
+        if backend == "threads":
+            assert pid_connected_to(s.pid, held.port) == pid
         os.kill(pid, signal.SIGKILL)
-        assert s.report() == (0, CRASHED)
-        # the others go on: one held, one new
-        s.write(cmd(2, "1/100", "c@tee.test"))
-        assert s.report() == (2, ACCEPTED)
-        release.set()
-        assert s.report() == (1, ACCEPTED)
+        if backend == "threads":
+            # Both ran in that worker: a process killed from outside (the
+            # OOM killer) takes every delivery it runs -- the price of
+            # QMAILREMOTE_RSPAWN_PER_WORKER, documented.
+            assert sorted(s.reports(2)) == [(0, CRASHED), (1, CRASHED)]
+            s.write(cmd(2, "1/100", "c@tee.test"))
+            assert s.report() == (2, ACCEPTED)
+            release.set()
+            s.write(cmd(1, "1/100", "b@tee.test"))
+            assert s.report() == (1, ACCEPTED)
+        else:
+            assert s.report() == (0, CRASHED)
+            # the others go on: one held, one new
+            s.write(cmd(2, "1/100", "c@tee.test"))
+            assert s.report() == (2, ACCEPTED)
+            release.set()
+            assert s.report() == (1, ACCEPTED)
         # the crashed slot takes a new delivery
         s.write(cmd(0, "1/100", "d@tee.test"))
         assert s.report() == (0, ACCEPTED)
@@ -1013,8 +1033,11 @@ def test_delivery_killed(spawn, home, backend):
         assert s.finish() == (b"", 0)
         victim.wait_done()
         held.wait_done()
-        assert sorted(m.rcpt_tos[0] for m in tee.wait_messages(2)) == [
-            "c@tee.test", "d@tee.test"]
+        expected = ["c@tee.test", "d@tee.test"]
+        if backend == "threads":
+            expected.insert(0, "b@tee.test")
+        assert sorted(m.rcpt_tos[0] for m in tee.wait_messages(
+            len(expected))) == expected
 
 
 def test_slots_finish_out_of_order(spawn, home):
@@ -1143,7 +1166,27 @@ def test_delivery_descriptors(spawn, home, backend):
         one.wait_connections(1)
         two.wait_connections(1)
         unix = unix_socket_inodes()
-        for port, messid in ((one.port, "1/100"), (two.port, "4/400")):
+        if backend == "threads":
+            # both deliveries run in one worker, on two threads: it holds
+            # each one's message, connection and home, and its socket
+            pid = pid_connected_to(s.pid, one.port)
+            assert pid_connected_to(s.pid, two.port) == pid
+            fds = fds_of(pid)
+            assert [fds[0], fds[1], fds[2]] == [os.devnull] * 3
+            tcp = {f"socket:[{i}]" for port in (one.port, two.port)
+                   for i in _tcp_inodes(port)}
+            messages = {str(home.mess / m) for m in ("1/100", "4/400")}
+            kinds = sorted(
+                "message" if v in messages else
+                "smtp" if v in tcp else
+                "unix" if v in unix else
+                "home" if v == str(home.root) else v
+                for k, v in fds.items() if k > 2)
+            assert kinds == ["home", "home", "message", "message", "smtp",
+                             "smtp", "unix"], fds
+            assert {v for v in fds.values() if v in messages} == messages
+        for port, messid in (() if backend == "threads" else
+                             ((one.port, "1/100"), (two.port, "4/400"))):
             pid = pid_connected_to(s.pid, port)
             fds = fds_of(pid)
             tcp = {f"socket:[{i}]" for i in _tcp_inodes(port)}
@@ -1191,21 +1234,23 @@ def test_many_slots_each_reported_once(spawn, home):
     assert len(srv.messages) == len(slots)
 
 
-def test_low_descriptor_limit_defers_cleanly(spawn, home):
-    """With ulimit -n 24, 40 deliveries at once cannot all get a pipe or
-    a worker: those that cannot are C's "unable to create pipe" (or
-    "fork") Z reports, the others are delivered; no traceback, exit 0."""
+def test_low_descriptor_limit_defers_cleanly(spawn, home, backend):
+    """With ulimit -n 24, 40 deliveries at once (100 with four a worker)
+    cannot all get a pipe or a worker: those that cannot are C's "unable
+    to create pipe" (or "fork") Z reports, the others are delivered; no
+    traceback, exit 0."""
     import resource
 
     def low():
         resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
+    count = 100 if backend == "threads" else 40
     with TeeSMTPServer(final_reply="250 ok queued") as srv:
         home.routes(tee=srv)
-        s = spawn(preexec_fn=low)
-        assert s.read(1) == b"x"
+        s = spawn(preexec_fn=low, env={"QMAILREMOTE_SPAWN_LIMIT": "255"})
+        assert s.read(1) == b"\xff"
         s.write(b"".join(cmd(n, "1/100", "r%d@tee.test" % n)
-                         for n in range(40)))
-        got = s.reports(40)
+                         for n in range(count)))
+        got = s.reports(count)
         out, status = s.finish()
     assert status == 0 and out == b""
     assert b"Traceback" not in s.stderr()
@@ -1213,7 +1258,7 @@ def test_low_descriptor_limit_defers_cleanly(spawn, home):
     assert texts <= {ACCEPTED, b"Zqmail-spawn unable to create pipe. "
                      b"(#4.3.0)\n", b"Zqmail-spawn unable to fork. "
                      b"(#4.3.0)\n"}, texts
-    assert sorted(slot for slot, _ in got) == list(range(40))
+    assert sorted(slot for slot, _ in got) == list(range(count))
     assert ACCEPTED in texts
     assert len(texts) > 1   # the limit was reached: some were refused
     assert len(srv.messages) == sum(text == ACCEPTED for _, text in got)
