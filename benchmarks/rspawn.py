@@ -7,6 +7,8 @@ the reports, for N deliveries of one message to the loopback sink
 (``sink.py``, through a ``control/smtproutes`` route).  Spawners:
 
 * ``ours``: this package's ``qmail-rspawn`` (warm workers);
+* ``ours/N``: the same with ``QMAILREMOTE_RSPAWN_PER_WORKER=N``, up to
+  N deliveries at once per worker, on threads;
 * ``ours-exec``: the same with ``QMAILREMOTE_RSPAWN_EXEC=1``, running the
   installed ``qmail-remote`` per delivery;
 * ``c+ours``: netqmail 1.06's C qmail-rspawn (``--c-rspawn``) running
@@ -26,14 +28,17 @@ concurrency), which are not measured: a spawner is measured in its steady
 state (ours with its workers forked, as after qmail has run a while).
 Reported per spawner, message size and concurrency: messages per second
 (wall), CPU per delivery (user+sys of the spawner's whole process tree,
-live or reaped, from ``/proc``), and memory per concurrent delivery:
+live or reaped: from a cgroup v2 of its own when the benchmark runs as
+root, else summed from ``/proc`` at clock-tick resolution), and memory
+per concurrent delivery:
 the unique (USS) and proportional (PSS) set sizes of the spawner and all
 its descendants, from ``/proc/<pid>/smaps_rollup``, sampled while the
 pipeline is full (every 0.2 s, the median), minus the idle spawner's,
 divided by the concurrency.
 
     python benchmarks/rspawn.py [--count 2000] [--sizes 1K,10K]
-        [--concurrency 1,8,32,120] [--spawners ours,ours-exec,c+ours,c+c]
+        [--concurrency 1,8,32,120]
+        [--spawners ours,ours/4,ours-exec,c+ours,c+c]
         [--c-rspawn PATH] [--c-remote PATH] [--c-home DIR] [--runs 3]
 """
 
@@ -86,6 +91,54 @@ def _cpu(pid):
             continue
         total += sum(int(x) for x in fields[11:15])
     return total / _TICK
+
+
+class _CpuGroup:
+    """CPU of a process and everything it ever starts, exactly: a cgroup v2
+    of its own (``cpu.stat``'s ``usage_usec`` counts exited tasks too).
+    Needs root and a cgroup2 mount; otherwise :func:`_cpu`'s /proc sums,
+    which are sampled at clock ticks (10 ms a tick against deliveries of
+    about 1 ms spread over up to 255 workers: noisy)."""
+
+    def __init__(self):
+        self.path = None
+        try:
+            with open("/proc/mounts") as f:
+                roots = [line.split()[1] for line in f
+                         if line.split()[2] == "cgroup2"]
+            for root in roots:
+                path = os.path.join(root, f"rspawn-bench-{os.getpid()}")
+                try:
+                    os.mkdir(path)
+                except FileExistsError:
+                    pass
+                if os.path.exists(os.path.join(path, "cpu.stat")):
+                    self.path = path
+                    break
+                os.rmdir(path)
+        except OSError:
+            self.path = None
+
+    def add(self, pid):
+        if self.path is not None:
+            with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+
+    def seconds(self, pid):
+        if self.path is None:
+            return _cpu(pid)
+        with open(os.path.join(self.path, "cpu.stat")) as f:
+            for line in f:
+                if line.startswith("usage_usec "):
+                    return int(line.split()[1]) / 1e6
+        return 0.0
+
+    def close(self):
+        if self.path is not None:
+            try:
+                os.rmdir(self.path)
+            except OSError:
+                pass
 
 
 def _memory(pid):
@@ -143,6 +196,8 @@ def drive(command, env, count, concurrency, warmup):
     """
     p = subprocess.Popen(command, stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, env=env)
+    group = _CpuGroup()
+    group.add(p.pid)   # before the first command: no child exists yet
     limit = p.stdout.read(1)[0]
     concurrency = min(concurrency, limit)
     free = list(range(concurrency))
@@ -155,10 +210,10 @@ def drive(command, env, count, concurrency, warmup):
     total = count + warmup
     start = cpu0 = None
     if not warmup:
-        start, cpu0 = time.perf_counter(), _cpu(p.pid)
+        start, cpu0 = time.perf_counter(), group.seconds(p.pid)
     while done < total:
         if start is None and done >= warmup:
-            start, cpu0 = time.perf_counter(), _cpu(p.pid)
+            start, cpu0 = time.perf_counter(), group.seconds(p.pid)
         batch = b""
         while free and sent < total:
             batch += bytes((free.pop(),)) + command_bytes
@@ -183,9 +238,10 @@ def drive(command, env, count, concurrency, warmup):
             free.append(slot)
             done += 1
     wall = time.perf_counter() - start
-    cpu = _cpu(p.pid) - cpu0
+    cpu = group.seconds(p.pid) - cpu0
     p.stdin.close()
     p.wait()
+    group.close()
     # The median of the samples taken with every slot busy.
     mem = (statistics.median(m[0] for m in samples),
            statistics.median(m[1] for m in samples)) if samples else idle
@@ -248,8 +304,12 @@ def main():
                                        QMAILHOME=ours_home,
                                        QMAILREMOTE_SPAWN_LIMIT="255")
                             env.pop("QMAILREMOTE_RSPAWN_EXEC", None)
+                            env.pop("QMAILREMOTE_RSPAWN_PER_WORKER", None)
                             command = [rspawn]
-                            if name == "ours-exec":
+                            if name.startswith("ours/"):
+                                env["QMAILREMOTE_RSPAWN_PER_WORKER"] = \
+                                    name.split("/", 1)[1]
+                            elif name == "ours-exec":
                                 env["QMAILREMOTE_RSPAWN_EXEC"] = "1"
                                 env["PATH"] = ours_bin + ":" + env["PATH"]
                             elif name == "c+ours":

@@ -165,7 +165,9 @@ class Sink:
         self._listener = socket.socket(family)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind((host, port))
-        self._listener.listen(64)
+        # Deep enough for 255 deliveries connecting at once: an overflow
+        # drops a SYN, and its retransmission costs the client a second.
+        self._listener.listen(1024)
         self.host, self.port = self._listener.getsockname()[:2]
         self.size = size
         lines = [b"sink", b"8BITMIME"]

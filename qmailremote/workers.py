@@ -32,7 +32,9 @@ __all__ = ["WarmBackend", "ExecBackend", "preload", "per_worker_setting",
            "RECYCLE", "PER_WORKER"]
 
 RECYCLE = 10000          # deliveries per worker before it is replaced
-PER_WORKER = 1           # deliveries a worker runs at once, by default
+PER_WORKER = 8           # deliveries a worker runs at once, by default
+_FDS_WORKER = 8          # a worker's own descriptors, with room to spare
+_FDS_PER_DELIVERY = 6    # the most one delivery holds at once, and spare
 _IDLE_SECONDS = 60       # idle workers beyond recent need retire after this
 _READ = 1 << 16
 
@@ -48,7 +50,9 @@ _TEMPORARY = {getattr(errno, name) for name in (
 
 def preload():
     """Import everything a delivery touches, before any worker forks."""
+    import queue  # noqa: F401 -- a worker's threads
     import random  # noqa: F401 -- mx imports it at the first query
+    import threading  # noqa: F401
     from . import (_kernel, addresses, auth, binding, capabilities,  # noqa
                    cli, control, delivery, esmtp, message, mx, report,
                    routes, session, tcpto, tls)
@@ -127,17 +131,26 @@ def _worker_main(sock, per_worker):
 
 
 def _threaded(sock, count):
-    """*count* delivery threads fed from this one; the spawner never hands
-    a worker more jobs than it has threads.  At the socket's end the
-    running deliveries finish and are sent, then the worker exits."""
+    """Up to *count* delivery threads fed from this one; the spawner never
+    hands a worker more jobs than that.  A thread is started only when a
+    job finds every thread busy (each one's stack stays resident once
+    used).  At the socket's end the running deliveries finish and are
+    sent, then the worker exits."""
     import queue
     import threading
     jobs = queue.SimpleQueue()
     sending = threading.Lock()
+    threads = []
+    waiting = [0]            # threads blocked in jobs.get()
+    counting = threading.Lock()
 
     def deliver():
         while True:
+            with counting:
+                waiting[0] += 1
             job = jobs.get()
+            with counting:
+                waiting[0] -= 1
             if job is None:
                 return
             frame = _result(job)
@@ -147,14 +160,16 @@ def _threaded(sock, count):
                 except OSError:   # the spawner is gone: nobody to report to
                     os._exit(0)
 
-    threads = [threading.Thread(target=deliver, daemon=True)
-               for _ in range(count)]
-    for thread in threads:
-        thread.start()
     while True:
         job = _job(sock)
         if job is None:
             break
+        with counting:
+            free = waiting[0] - jobs.qsize()
+        if free <= 0 and len(threads) < count:
+            thread = threading.Thread(target=deliver, daemon=True)
+            thread.start()
+            threads.append(thread)
         jobs.put(job)
     for _ in threads:
         jobs.put(None)
@@ -162,15 +177,39 @@ def _threaded(sock, count):
         thread.join()
 
 
+def _cpus():
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def per_worker_setting():
-    """``QMAILREMOTE_RSPAWN_PER_WORKER`` (1-255), else the default.  More
-    than one needs the compiled kernel, whose fault guard keeps a fault
-    reading a message to its own delivery; the pure twin has none."""
+    """``QMAILREMOTE_RSPAWN_PER_WORKER`` (1-255), else :data:`PER_WORKER`;
+    then no more than the descriptor limit allows.
+
+    Threads share their process's descriptors: a delivery holds up to
+    :data:`_FDS_PER_DELIVERY` at once (message, home, connection, and a
+    resolver socket or tcpto's two files), a worker :data:`_FDS_WORKER`
+    of its own.  More than one needs the compiled kernel, whose fault
+    guard keeps a fault reading a message to that delivery; the pure twin
+    has none.
+    """
     from ._kernel import COMPILED
+    if not COMPILED:
+        return 1
     text = os.environ.get("QMAILREMOTE_RSPAWN_PER_WORKER", "")
     value = int(text) if text.isdigit() and 1 <= int(text) <= 255 \
         else PER_WORKER
-    return value if COMPILED else 1
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY:
+            value = min(value, (soft - _FDS_WORKER) // _FDS_PER_DELIVERY)
+    except (ImportError, OSError, ValueError):
+        pass
+    return max(value, 1)
 
 
 class WarmBackend:
@@ -180,6 +219,7 @@ class WarmBackend:
         import gc
         preload()
         self.per_worker = per_worker
+        self.spread = _cpus() if per_worker > 1 else 1
         self.idle = []       # workers running nothing
         self.open = {}       # socket fd -> worker running some, with room
         self.busy = {}       # socket fd -> worker running at least one
@@ -209,14 +249,17 @@ class WarmBackend:
         return _Worker(pid, parent)
 
     def _pick(self):
-        """A worker with room: an idle one first (deliveries spread over
-        the processes, so over the CPUs), then one already running some,
-        else a new one (or docmd()'s error text)."""
+        """A worker with room: an idle one; a new one while fewer are busy
+        than there are CPUs (threads of one process share one GIL); the
+        least busy with room; else a new one (or docmd()'s error text)."""
         if self.idle:
             return self.idle.pop()
-        if self.open:
-            return next(iter(self.open.values()))
-        return self._fork()
+        if self.open and len(self.busy) >= self.spread:
+            return min(self.open.values(), key=lambda w: len(w.slots))
+        worker = self._fork()
+        if isinstance(worker, bytes) and self.open:
+            return min(self.open.values(), key=lambda w: len(w.slots))
+        return worker
 
     def start(self, slot, fd, host, sender, recip):
         """Hand the delivery to a worker: None, or docmd()'s error text."""

@@ -3,12 +3,14 @@
 Every scenario test starts ``python -m qmailremote.rspawn`` with a scratch
 qmail home, talks netqmail's spawn protocol to it over a pipe (commands on
 fd 0, the spawn-limit byte then ``slot report NUL`` on fd 1) and compares
-the bytes it reads with recorded expected bytes.  Each runs three times:
+the bytes it reads with recorded expected bytes.  Each runs four times:
 
-* ``warm``: the default backend, deliveries in pre-forked workers, one
-  at a time each;
-* ``threads``: the same with ``QMAILREMOTE_RSPAWN_PER_WORKER=4``, up to
-  four deliveries at once per worker, each on its own thread;
+* ``warm``: the default backend, deliveries in pre-forked workers, up to
+  eight at once each, on threads, spread over the CPUs first;
+* ``single``: the same with ``QMAILREMOTE_RSPAWN_PER_WORKER=1``, one
+  delivery at a time per worker;
+* ``threads``: ``QMAILREMOTE_RSPAWN_PER_WORKER=4`` with the spawner bound
+  to one CPU, so that deliveries share a worker predictably;
 * ``exec``: ``QMAILREMOTE_RSPAWN_EXEC=1``, the ``qmail-remote`` found
   first on ``PATH`` per delivery, as netqmail's qmail-rspawn does.  The
   directory put first on ``PATH`` holds the installed launcher (the one
@@ -52,7 +54,7 @@ from smtpserver import (ScriptedServer, TeeSMTPServer, read_to_eof, send,
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(qmailremote.__file__))
 ME = pwd.getpwuid(os.getuid()).pw_name
 IS_ROOT = os.geteuid() == 0
-BACKENDS = ["warm", "threads", "exec"]
+BACKENDS = ["warm", "single", "threads", "exec"]
 #: Seconds any one wait (for output, a connection, an exit) may take.
 TIMEOUT = 20.0
 
@@ -183,6 +185,26 @@ def fake(tmp_path):
     return Fake(tmp_path / "fake")
 
 
+def shares_worker(backend):
+    """Whether two deliveries started together run in one worker: with
+    threads, once the workers already forked outnumber the CPUs."""
+    if backend == "threads":
+        return True
+    if backend == "warm":
+        return len(os.sched_getaffinity(0)) == 1
+    return False
+
+
+def _one_cpu(then=None):
+    """A preexec_fn binding the child to one CPU (then running *then*): a
+    spawner that sees one CPU fills a worker before it forks another."""
+    def bind():
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        if then is not None:
+            then()
+    return bind
+
+
 class Spawner:
     """A running qmail-rspawn: write commands, read fd 1 as it comes."""
 
@@ -196,8 +218,11 @@ class Spawner:
             p for p in [PACKAGE_ROOT, os.environ.get("PYTHONPATH")] if p)
         if backend == "exec":
             e["QMAILREMOTE_RSPAWN_EXEC"] = "1"
+        elif backend == "single":
+            e["QMAILREMOTE_RSPAWN_PER_WORKER"] = "1"
         elif backend == "threads":
             e["QMAILREMOTE_RSPAWN_PER_WORKER"] = "4"
+            preexec_fn = _one_cpu(preexec_fn)
         if path_dir is not None:
             e["PATH"] = f"{path_dir}{os.pathsep}{e.get('PATH', '/usr/bin:/bin')}"
         e.update(env or {})
@@ -992,9 +1017,10 @@ def test_exec_qmail_remote_without_shebang(home, tmp_path):
 
 def test_delivery_killed(spawn, home, backend):
     release = threading.Event()
+    shared = shares_worker(backend)
     with ScriptedServer([read_to_eof()]) as victim, \
             ScriptedServer(
-                [wait_event(release), read_to_eof()] if backend == "threads"
+                [wait_event(release), read_to_eof()] if shared
                 else held_script(release)) as held, \
             TeeSMTPServer(final_reply="250 ok queued") as tee:
         home.routes(victim=victim, held=held, tee=tee)
@@ -1004,13 +1030,12 @@ def test_delivery_killed(spawn, home, backend):
         victim.wait_connections(1)
         held.wait_connections(1)
         pid = pid_connected_to(s.pid, victim.port)
-        if backend == "threads":
-            assert pid_connected_to(s.pid, held.port) == pid
+        assert (pid_connected_to(s.pid, held.port) == pid) == shared
         os.kill(pid, signal.SIGKILL)
-        if backend == "threads":
+        if shared:
             # Both ran in that worker: a process killed from outside (the
             # OOM killer) takes every delivery it runs -- the price of
-            # QMAILREMOTE_RSPAWN_PER_WORKER, documented.
+            # threads (README), which QMAILREMOTE_RSPAWN_PER_WORKER=1 avoids.
             assert sorted(s.reports(2)) == [(0, CRASHED), (1, CRASHED)]
             s.write(cmd(2, "1/100", "c@tee.test"))
             assert s.report() == (2, ACCEPTED)
@@ -1034,7 +1059,7 @@ def test_delivery_killed(spawn, home, backend):
         victim.wait_done()
         held.wait_done()
         expected = ["c@tee.test", "d@tee.test"]
-        if backend == "threads":
+        if shared:
             expected.insert(0, "b@tee.test")
         assert sorted(m.rcpt_tos[0] for m in tee.wait_messages(
             len(expected))) == expected
@@ -1166,49 +1191,38 @@ def test_delivery_descriptors(spawn, home, backend):
         one.wait_connections(1)
         two.wait_connections(1)
         unix = unix_socket_inodes()
-        if backend == "threads":
-            # both deliveries run in one worker, on two threads: it holds
-            # each one's message, connection and home, and its socket
-            pid = pid_connected_to(s.pid, one.port)
-            assert pid_connected_to(s.pid, two.port) == pid
+        deliveries = {}   # pid -> [(port, message)]
+        for port, messid in ((one.port, "1/100"), (two.port, "4/400")):
+            deliveries.setdefault(pid_connected_to(s.pid, port), []).append(
+                (port, str(home.mess / messid)))
+        assert (len(deliveries) == 1) == shares_worker(backend)
+        for pid, held in deliveries.items():
             fds = fds_of(pid)
-            assert [fds[0], fds[1], fds[2]] == [os.devnull] * 3
-            tcp = {f"socket:[{i}]" for port in (one.port, two.port)
+            tcp = {f"socket:[{i}]" for port, _ in held
                    for i in _tcp_inodes(port)}
-            messages = {str(home.mess / m) for m in ("1/100", "4/400")}
+            messages = {message for _, message in held}
+            if backend == "exec":
+                (message,) = messages
+                assert fds[0] == message
+                assert fds[1] == fds[2] and fds[1].startswith("pipe:")
+            else:
+                assert [fds[0], fds[1], fds[2]] == [os.devnull] * 3
             kinds = sorted(
                 "message" if v in messages else
                 "smtp" if v in tcp else
                 "unix" if v in unix else
                 "home" if v == str(home.root) else v
                 for k, v in fds.items() if k > 2)
-            assert kinds == ["home", "home", "message", "message", "smtp",
-                             "smtp", "unix"], fds
-            assert {v for v in fds.values() if v in messages} == messages
-        for port, messid in (() if backend == "threads" else
-                             ((one.port, "1/100"), (two.port, "4/400"))):
-            pid = pid_connected_to(s.pid, port)
-            fds = fds_of(pid)
-            tcp = {f"socket:[{i}]" for i in _tcp_inodes(port)}
-            message = str(home.mess / messid)
-            others = sorted(v for k, v in fds.items() if k > 2)
-            if backend == "warm":
-                assert [fds[0], fds[1], fds[2]] == [os.devnull] * 3
-                rest = [fds[k] for k in fds if k > 2]
-            else:
-                assert fds[0] == message
-                assert fds[1] == fds[2] and fds[1].startswith("pipe:")
-                rest = [fds[k] for k in fds if k > 2]
-            kinds = sorted(
-                "message" if v == message else
-                "smtp" if v in tcp else
-                "unix" if v in unix else
-                "home" if v == str(home.root) else v
-                for v in rest)
-            # the home directory is the delivery's own (qmail-remote opens it)
-            expected = (["home", "message", "smtp", "unix"] if backend == "warm"
-                        else ["home", "smtp"])
-            assert kinds == expected, others
+            # each delivery opens the home directory itself (qmail-remote
+            # does); a worker holds, besides its socket to the spawner,
+            # each of its deliveries' message, connection and home
+            n = len(held)
+            expected = (["home", "smtp"] if backend == "exec" else
+                        ["home"] * n + ["message"] * n + ["smtp"] * n
+                        + ["unix"])
+            assert kinds == expected, fds
+            if backend != "exec":
+                assert {v for v in fds.values() if v in messages} == messages
         release.set()
         assert sorted(s.reports(2)) == [(0, ACCEPTED), (1, ACCEPTED)]
         assert s.finish() == (b"", 0)
@@ -1235,15 +1249,16 @@ def test_many_slots_each_reported_once(spawn, home):
 
 
 def test_low_descriptor_limit_defers_cleanly(spawn, home, backend):
-    """With ulimit -n 24, 40 deliveries at once (100 with four a worker)
-    cannot all get a pipe or a worker: those that cannot are C's "unable
-    to create pipe" (or "fork") Z reports, the others are delivered; no
+    """With ulimit -n 24, 40 deliveries at once (100 with threads: a
+    worker then runs only two, as many as its descriptors allow) cannot
+    all get a pipe or a worker: those that cannot are C's "unable to
+    create pipe" (or "fork") Z reports, the others are delivered; no
     traceback, exit 0."""
     import resource
 
     def low():
         resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
-    count = 100 if backend == "threads" else 40
+    count = 100 if backend in ("warm", "threads") else 40
     with TeeSMTPServer(final_reply="250 ok queued") as srv:
         home.routes(tee=srv)
         s = spawn(preexec_fn=low, env={"QMAILREMOTE_SPAWN_LIMIT": "255"})
