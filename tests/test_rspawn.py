@@ -48,7 +48,8 @@ from hypothesis import given, settings, strategies as st
 
 import qmailremote
 from qmailremote import rspawn
-from smtpserver import (ScriptedServer, TeeSMTPServer, read_to_eof, send,
+from smtpserver import (ScriptedServer, TeeSMTPServer, call, expect_line,
+                        read_some, read_to_eof, send,
                         smtp_script, wait_event)
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(qmailremote.__file__))
@@ -1063,6 +1064,52 @@ def test_delivery_killed(spawn, home, backend):
             expected.insert(0, "b@tee.test")
         assert sorted(m.rcpt_tos[0] for m in tee.wait_messages(
             len(expected))) == expected
+
+
+def test_fault_reading_a_message_costs_that_delivery_only(home):
+    """Three deliveries on three threads of one worker (four a worker, one
+    CPU).  The first one's message, mapped, is truncated while it is sent:
+    the kernel's fault guard makes that delivery's SIGBUS its report,
+    ``Unable to read message.``; the worker lives and the other two are
+    delivered.  (A fault anywhere else in a worker still kills it and
+    every delivery it runs, as test_delivery_killed shows.)"""
+    from test_fault_guard import BIG
+    go, release = threading.Event(), threading.Event()
+    big = home.mess / home.message("5/500", BIG)
+
+    def cut(conn):
+        os.truncate(big, 4096)
+    cutter = [send(b"220 ok\r\n")]
+    for reply in (b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"):
+        cutter += [expect_line(), send(reply)]
+    cutter += [read_some(65536), wait_event(go), call(cut), read_to_eof()]
+    with ScriptedServer(cutter, rcvbuf=65536) as cutting, \
+            ScriptedServer(held_script(release)) as held, \
+            TeeSMTPServer(final_reply="250 ok queued") as tee:
+        home.routes(cutting=cutting, held=held, tee=tee)
+        s = Spawner(home, "threads")
+        try:
+            assert s.read(1) == b"x"
+            s.write(cmd(0, "5/500", "a@cutting.test")
+                    + cmd(1, "1/100", "b@held.test"))
+            cutting.wait_connections(1)
+            held.wait_connections(1)
+            worker = pid_connected_to(s.pid, cutting.port)
+            assert pid_connected_to(s.pid, held.port) == worker
+            go.set()
+            assert s.report() == (0, rspawn.report(
+                0, b"r\0ZUnable to read message. (#4.3.0)\n\0"))
+            s.write(cmd(2, "1/100", "c@tee.test"))
+            assert s.report() == (2, ACCEPTED)
+            release.set()
+            assert s.report() == (1, ACCEPTED)
+            assert worker in children(s.pid)     # it never died
+            assert s.finish() == (b"", 0)
+            cutting.wait_done()
+            held.wait_done()
+            assert len(tee.wait_messages(1)) == 1
+        finally:
+            s.kill()
 
 
 def test_slots_finish_out_of_order(spawn, home):
