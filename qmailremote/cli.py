@@ -17,7 +17,12 @@ launcher, ``python -m qmailremote``, the warm ``qmail-rspawn``):
 
 import os
 
-__all__ = ["main", "run", "argv_bytes", "take_signals"]
+__all__ = ["main", "run", "argv_bytes", "take_signals", "INTERRUPTED"]
+
+
+#: The report when run() itself is cut short (a signal's exception...).
+INTERRUPTED = (b"Zqmail-remote (qmailremote) was interrupted or hit an "
+               b"internal error. (#4.3.0)\n\0")
 
 
 def run(argv, message=0):
@@ -102,8 +107,7 @@ def main():
         restore_stdin()
         view = memoryview(run(argv_bytes()))
     except BaseException:
-        view = memoryview(b"Zqmail-remote (qmailremote) was interrupted or "
-                          b"hit an internal error. (#4.3.0)\n\0")
+        view = memoryview(INTERRUPTED)
     try:
         while view:
             view = view[os.write(1, view):]

@@ -2,19 +2,27 @@
 
 :class:`WarmBackend` (the default) keeps a pool of worker processes forked
 from the spawner once everything a delivery touches is imported (the
-compiled kernel, ssl, the resolver...).  A worker runs one delivery at a
-time -- the same :func:`qmailremote.cli.run` the ``qmail-remote`` command
-runs, with the message descriptor qmail-rspawn opened, passed over a Unix
-socket -- and sends back the bytes qmail-remote would have printed.  So a
-delivery that crashes the interpreter (a fault in the kernel, an abort)
-kills one worker and costs only that delivery: the spawner sees the
-socket close and reports ``qmail-remote crashed.``, as C qmail-rspawn
-reports a qmail-remote killed by a signal; the other workers go on.  A
-delivery that hangs holds its worker, as a hanging qmail-remote holds its
-slot under C.  The pool grows on demand up to the spawn limit; a worker is
-retired after :data:`RECYCLE` deliveries (bounding whatever a long-lived
-interpreter accumulates), and when a delivery ends, workers idle for a
-minute are retired (one is kept).
+compiled kernel, ssl, threading, the resolver...).  A worker runs up to
+``per_worker`` deliveries at once, each on a thread of its own -- the
+same :func:`qmailremote.cli.run` the ``qmail-remote`` command runs, with
+the message descriptor qmail-rspawn opened, passed over a Unix socket --
+and sends back, tagged with the slot, the bytes qmail-remote would have
+printed.  Threads cut the memory a delivery costs: a forked CPython
+dirties about 2 MiB of the heap it shares with the spawner (reference
+counts), a thread a few hundred KiB.
+
+What one delivery does wrong stays its own: an exception or MemoryError
+is its report; a hang holds its thread; a fault reading its message (a
+mapped file truncated meanwhile) is turned back by the kernel's fault
+guard into that delivery's "Unable to read message.".  What kills the
+whole process -- a crash in CPython or OpenSSL, the OOM killer -- costs
+every delivery of that worker: the spawner sees the socket close and
+reports each as ``qmail-remote crashed.``, as C qmail-rspawn reports a
+qmail-remote killed by a signal; the other workers go on.  With
+``per_worker`` 1 that is the one delivery.  The pool grows on demand up
+to the spawn limit; a worker is retired after :data:`RECYCLE` deliveries
+(bounding whatever a long-lived interpreter accumulates), and when a
+delivery ends, workers idle for a minute are retired (one is kept).
 
 :class:`ExecBackend` (``QMAILREMOTE_RSPAWN_EXEC=1``) does what netqmail's
 qmail-rspawn does: one ``qmail-remote`` process per delivery, found on
@@ -94,10 +102,12 @@ def _job(sock):
 def _result(job):
     """Run one delivery; the frame that carries its output back: slot,
     length (4 bytes, big-endian), the bytes qmail-remote prints."""
-    from .cli import run
+    from .cli import INTERRUPTED, run
     slot, argv, fd = job
     try:
         output = run(argv, fd)
+    except BaseException:   # a thread must report its slot whatever happens
+        output = INTERRUPTED
     finally:
         os.close(fd)
     return bytes((slot,)) + len(output).to_bytes(4, "big") + output

@@ -3,11 +3,13 @@
 
 Every scenario drives netqmail's spawn protocol (commands on fd 0; the
 spawn-limit byte, then ``slot report NUL`` per delivery on fd 1) through
-three spawners, one after the other, with the same command stream, the
+four spawners, one after the other, with the same command stream, the
 same queue files and the same ``qmail-remote``:
 
   C     netqmail 1.06's qmail-rspawn (``QMAILREMOTE_DIFF_RSPAWN_C``);
-  warm  ``python -m qmailremote.rspawn`` (its default backend);
+  warm  ``python -m qmailremote.rspawn`` (its default backend: up to
+        eight deliveries per worker, on threads);
+  single  the same with ``QMAILREMOTE_RSPAWN_PER_WORKER=1``;
   exec  the same with ``QMAILREMOTE_RSPAWN_EXEC=1`` (qmail-remote run from
         ``PATH`` per delivery, as C does).
 
@@ -169,7 +171,7 @@ class Scenario:
     #: "tcpto"/"tcpto6" -> bytes | "fifo"; "nolock": no queue/lock at all
     lock: dict = dataclasses.field(default_factory=dict)
     nomess: bool = False
-    variants: tuple = ("warm", "exec")
+    variants: tuple = ("warm", "single", "exec")
     #: compare the reports after the first byte as a sorted list
     unordered: bool = False
     #: (name, predicate(c, ours)) of an expected deviation
@@ -647,6 +649,8 @@ def run_one(sc: Scenario, variant: str, cfg) -> Result:
             argv = list(cfg.py_cmd)
             if variant == "exec":
                 env["QMAILREMOTE_RSPAWN_EXEC"] = "1"
+            elif variant == "single":
+                env["QMAILREMOTE_RSPAWN_PER_WORKER"] = "1"
         run = Run(argv, env, cwd="/")
         for step in sc.steps:
             kind = step[0]
