@@ -16,7 +16,8 @@ from .report import (PERM_AMBIGMX, PERM_CRLF, PERM_NOMX, PERM_USAGE,
                      perm_nullmx)
 from .routes import SMTP_PORT, build_table, find_route, find_sender_route
 
-__all__ = ["deliver", "quote", "mangle", "listed_as_mx"]
+__all__ = ["deliver", "quote", "mangle", "listed_as_mx", "plan", "Plan",
+           "ipme_of"]
 
 # quote.c's table of bytes that may appear unquoted in a local part.
 _ATOM = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -159,9 +160,81 @@ def _noting(transcript):
     return note
 
 
+class Plan:
+    """Where one run delivers, once its addresses are checked: the
+    mangled sender and recipients, the route (None: MX), the port, the
+    (ip, name) pairs to try in order, the relay's AUTH credentials."""
+
+    __slots__ = ("sender", "recipients", "route", "port", "candidates",
+                 "credentials")
+
+    def __init__(self, sender, recipients, route, port, candidates,
+                 credentials):
+        self.sender = sender
+        self.recipients = recipients
+        self.route = route
+        self.port = port
+        self.candidates = candidates
+        self.credentials = credentials
+
+
+def plan(home_fd, controls, host, sender, recipients, me_of, resolver_of):
+    """Everything qmail-remote does between reading its control files and
+    its first connection, in its order (raises a Failure): the address
+    checks and mangling, the route (authsenders, then smtproutes), the
+    address lookup and its order, the "listed as MX" rule.
+
+    *me_of()* gives ipme (called where qmail-remote calls it: after the
+    route), *resolver_of()* the resolver (only if a query is needed).
+    """
+    # Deviation 4: an address with CR or LF would inject commands.
+    if any(b"\r" in a or b"\n" in a for a in (sender, *recipients)):
+        raise Failure(PERM_CRLF)
+    sender = mangle(sender)
+    # control/authsenders (ESMTP only) routes by sender, before
+    # smtproutes, as in sagredo's and s/qmail's qmail-remote.
+    route = None
+    if controls.authsenders:
+        route = find_sender_route(build_table(controls.authsenders),
+                                  sender, brackets=True)
+    if route is None:
+        route = find_route(build_table(controls.routes), host,
+                           brackets=controls.esmtp)
+    preference = None
+    if controls.esmtp:
+        from .addresses import read_preference
+        preference = read_preference(home_fd)
+    me = me_of()
+    if route is None:
+        recipients, all_aliases = _canonical_recipients(recipients,
+                                                        resolver_of)
+    else:
+        recipients, all_aliases = [mangle(r) for r in recipients], False
+    addresses = _addresses(route, host, resolver_of, controls.esmtp)
+    if preference is not None:
+        from .addresses import order
+        addresses = order(addresses, preference)
+    port = route.port if route is not None else SMTP_PORT
+    credentials = None
+    if controls.esmtp and route is not None and route.has_credentials:
+        from .auth import credentials_for
+        credentials = credentials_for(home_fd, route)
+    return Plan(sender, recipients, route, port,
+                _candidates(addresses, me, route, all_aliases), credentials)
+
+
+def ipme_of(esmtp):
+    """ipme(), or Failure(TEMP_OSERR) when the interfaces cannot be read."""
+    from .mx import ipme
+    try:
+        return ipme(esmtp)
+    except OSError:
+        raise Failure(TEMP_OSERR) from None
+
+
 def _run(host, sender, recipients, message, home, resolver, transcript):
     from .binding import select_source
-    from .mx import Resolver, ip_text, ipme
+    from .mx import Resolver, ip_text
     from .session import Session, classic, connect
     from .tcpto import TcpTo
     from .tls import TlsControls
@@ -180,27 +253,6 @@ def _run(host, sender, recipients, message, home, resolver, transcript):
             # SIZE= needs a pass over the message: it runs beside DNS, the
             # connection and EHLO (nothing is read from a pipe here).
             message.count_ahead()
-        # Deviation 4: an address with CR or LF would inject commands.
-        if any(b"\r" in a or b"\n" in a for a in (sender, *recipients)):
-            raise Failure(PERM_CRLF)
-        sender = mangle(sender)
-        # control/authsenders (ESMTP only) routes by sender, before
-        # smtproutes, as in sagredo's and s/qmail's qmail-remote.
-        route = None
-        if controls.authsenders:
-            route = find_sender_route(build_table(controls.authsenders),
-                                      sender, brackets=True)
-        if route is None:
-            route = find_route(build_table(controls.routes), host,
-                               brackets=controls.esmtp)
-        preference = None
-        if controls.esmtp:
-            from .addresses import read_preference
-            preference = read_preference(home_fd)
-        try:
-            me = ipme(controls.esmtp)
-        except OSError:
-            raise Failure(TEMP_OSERR) from None
 
         def resolver_of():
             # /etc/resolv.conf is read only if a query is needed.
@@ -209,24 +261,14 @@ def _run(host, sender, recipients, message, home, resolver, transcript):
                 resolver = Resolver.from_system()
             return resolver
 
-        if route is None:
-            recipients, all_aliases = _canonical_recipients(recipients,
-                                                            resolver_of)
-        else:
-            recipients, all_aliases = [mangle(r) for r in recipients], False
-        addresses = _addresses(route, host, resolver_of, controls.esmtp)
-        if preference is not None:
-            from .addresses import order
-            addresses = order(addresses, preference)
-        port = route.port if route is not None else SMTP_PORT
+        where = plan(home_fd, controls, host, sender, recipients,
+                     lambda: ipme_of(controls.esmtp), resolver_of)
+        sender, recipients, port = where.sender, where.recipients, where.port
+        credentials = where.credentials
         tcpto = TcpTo(home_fd)
         tls = TlsControls(home_fd) if controls.esmtp else None
-        credentials = None
-        if controls.esmtp and route is not None and route.has_credentials:
-            from .auth import credentials_for
-            credentials = credentials_for(home_fd, route)
         note = _noting(transcript)
-        for ip, name in _candidates(addresses, me, route, all_aliases):
+        for ip, name in where.candidates:
             if tcpto.skip(ip):
                 note("skipped", ip)
                 continue

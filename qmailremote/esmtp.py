@@ -31,7 +31,8 @@ from .message import Message
 from .report import (PERM_PARTIALLINE, TEMP_READ, perm_size, perm_smtputf8,
                      stage_report)
 
-__all__ = ["dialogue", "ehlo", "hello", "needs_smtputf8"]
+__all__ = ["dialogue", "opening", "transaction", "ehlo", "hello",
+           "needs_smtputf8"]
 
 # A message up to this size rides as ``BDAT n LAST`` in the same write as
 # MAIL and RCPT, when the server offers PIPELINING and CHUNKING.
@@ -105,11 +106,26 @@ def dialogue(session, helohost, sender, recipients, message, chunking=True,
     TLS); *auth* the relay's :class:`qmailremote.auth.Credentials` (None:
     no AUTH).
     """
+    caps = opening(session, helohost, tls, auth)
+    return transaction(session, caps, sender, recipients, message, chunking,
+                       auth is not None)
+
+
+def opening(session, helohost, tls=None, auth=None):
+    """Greeting, EHLO (or HELO), TLS and AUTH as :func:`dialogue` does
+    them: the server's capabilities, or a verdict raised."""
     caps = _open(session, helohost, tls)
     if auth is not None:
         from .auth import authenticate
         authenticate(session, caps, auth,
                      secure=tls is not None and tls.version is not None)
+    return caps
+
+
+def transaction(session, caps, sender, recipients, message, chunking=True,
+                authenticated=False):
+    """One mail transaction, MAIL to the final reply, on a session opened
+    with *caps*: returns a report or raises a verdict (K included)."""
     survey = message.survey(count=caps.size_offered)
     utf8 = needs_smtputf8(sender, recipients, survey)
     if utf8 and not caps.smtputf8:
@@ -123,7 +139,7 @@ def dialogue(session, helohost, sender, recipients, message, chunking=True,
         params.append(b" SIZE=%d" % size)
     if utf8:
         params.append(b" SMTPUTF8")
-    if auth is not None:
+    if authenticated:
         params.append(b" AUTH=<>")    # RFC 4954 5: no identity vouched for
     mail = (b"MAIL FROM:<", sender, b">", *params, b"\r\n")
 

@@ -207,6 +207,8 @@ class Session:
         self._replies = ReplyReader(channel.recv)
         self.recipients = []
         self.critical = False
+        self.ended = False
+        self.replies = 0        # replies read (in this transaction)
 
     def run(self, dialogue, *args):
         """``dialogue(self, *args)``: returns a report or raises a verdict."""
@@ -229,6 +231,41 @@ class Session:
             self.sock.close()
         return Result(self.recipients, report)
 
+    def transact(self, step, *args):
+        """``step(self, *args)`` on a connection that is kept: no QUIT, no
+        close.  Returns ``(result, ended, usable)``: *ended* when the
+        transaction reached its final reply (K or not: every reply has been
+        read, the next MAIL may follow); *usable* when the connection is
+        still fit for QUIT or RSET (a reply stage ended it, not a drop or a
+        half-sent body).  The caller keeps, resets or closes it.
+        """
+        self.recipients = []
+        self.critical = False
+        self.ended = False
+        self.replies = 0
+        usable = False
+        try:
+            report = step(self, *args)
+        except _Verdict as verdict:
+            report = verdict.report
+            usable = verdict.quit
+        except ConnectionDied:
+            report = dropped(self.ip, self.critical)
+        except MemoryError:
+            report = TEMP_NOMEM
+        except Exception:
+            report = internal_error(self.critical)
+        return Result(self.recipients, report), self.ended, usable
+
+    def reset(self):
+        """RSET: whether the server took it (the connection is then fit
+        for another transaction)."""
+        try:
+            code, _, digits = self.command(b"RSET\r\n")
+        except ConnectionDied:
+            return False
+        return code == 250 and digits
+
     # -- commands and replies -------------------------------------------
 
     def write(self, *parts):
@@ -241,7 +278,9 @@ class Session:
 
     def read(self, limit=HUGESMTPTEXT):
         """The next reply: ``(code, text, digits)``, text cut at *limit*."""
-        return self._replies.read(limit)
+        reply = self._replies.read(limit)
+        self.replies += 1
+        return reply
 
     def command(self, *parts):
         self.write(*parts)
@@ -314,6 +353,7 @@ class Session:
     def final_reply(self, reply):
         """The reply to the end of the message: the critical window closes."""
         self.critical = False
+        self.ended = True
         self.verdict(reply, b"", b" failed after I sent the message")
         self.stop(stage_report("K", b"", self.ip, b" accepted message",
                                reply[1]))
