@@ -55,6 +55,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 
 __all__ = ["Sink", "server_tls"]
 
@@ -160,7 +161,7 @@ class Sink:
 
     def __init__(self, host="127.0.0.1", port=0, *, size=None,
                  pipelining=False, chunking=False, smtputf8=False,
-                 tls=False, auth=False):
+                 tls=False, auth=False, delay=0.0):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.socket(family)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -170,6 +171,9 @@ class Sink:
         self._listener.listen(1024)
         self.host, self.port = self._listener.getsockname()[:2]
         self.size = size
+        # Seconds each batch of replies waits after the input it answers
+        # (the greeting: after the accept): a server that far away.
+        self.delay = delay
         lines = [b"sink", b"8BITMIME"]
         if size is not None:
             lines.append(b"SIZE %d" % size if size else b"SIZE")
@@ -242,12 +246,21 @@ class Sink:
         pending = bytearray()   # input read but not yet consumed
         out = []                # replies not yet written
 
+        delay = self.delay
+        heard = [time.monotonic()]   # when the input being answered came
+
         def fill():
             """Flush the replies, then wait for more input; False at EOF."""
             if out:
+                if delay:
+                    wait = heard[0] + delay - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
                 conn.sendall(b"".join(out))
                 out.clear()
             n = conn.recv_into(view)
+            if delay:
+                heard[0] = time.monotonic()
             received[0] += n
             if n:
                 pending.extend(view[:n])

@@ -176,7 +176,8 @@ def test_stdout_closed_exits_zero(home):
 
 def test_public_api_is_pinned():
     assert sorted(qmailremote.__all__) == [
-        "Report", "Resolver", "Result", "__version__", "deliver"]
+        "Outcome", "Report", "Resolver", "Result", "Sender", "__version__",
+        "deliver"]
 
 
 @pytest.mark.parametrize("module", [
@@ -184,6 +185,7 @@ def test_public_api_is_pinned():
     "qmailremote.delivery", "qmailremote.errors", "qmailremote.mx",
     "qmailremote.report", "qmailremote.routes", "qmailremote.session",
     "qmailremote.tcpto", "qmailremote._kernel", "qmailremote._fast_py",
+    "qmailremote.bulk",
 ])
 def test_modules_import_cleanly(module):
     done = subprocess.run([sys.executable, "-I", "-W", "error", "-c",
