@@ -211,6 +211,70 @@ class _Shared:
         return fd
 
 
+_LOOKAHEAD = 512   # transactions read ahead of the threads, at least
+
+
+class _Jobs:
+    """The transactions waiting for a thread, at most *limit* of them.
+
+    A thread asks for one to the domain of its last (its connection
+    there is likely kept) and gets that domain's oldest; otherwise, or
+    when that domain has none, the oldest of all.  Reading ahead of the
+    threads lets a kept connection carry a domain's next messages when
+    there are more domains than connections; *limit* bounds the memory.
+    """
+
+    def __init__(self, limit):
+        import collections
+        self._deque = collections.deque
+        self.limit = limit
+        self.cond = threading.Condition()
+        self.all = collections.deque()      # [taken, domain, job], in order
+        self.by_domain = {}                 # domain -> deque of the same
+        self.count = 0
+        self.closed = False
+
+    def put(self, domain, job):
+        entry = [False, domain, job]
+        with self.cond:
+            while self.count >= self.limit:
+                self.cond.wait()
+            self.all.append(entry)
+            self.by_domain.setdefault(domain, self._deque()).append(entry)
+            self.count += 1
+            self.cond.notify()
+
+    def get(self, domain=None):
+        """The next job (for *domain* first), or None when all are done."""
+        with self.cond:
+            while True:
+                mine = self.by_domain.get(domain)
+                if mine:
+                    entry = mine.popleft()
+                else:
+                    while self.all and self.all[0][0]:
+                        self.all.popleft()
+                    if not self.all:
+                        if self.closed:
+                            return None
+                        self.cond.wait()
+                        continue
+                    entry = self.all.popleft()
+                    mine = self.by_domain[entry[1]]
+                    mine.popleft()          # the same entry: its oldest
+                if not mine:
+                    del self.by_domain[entry[1]]
+                entry[0] = True
+                self.count -= 1
+                self.cond.notify_all()
+                return entry[2]
+
+    def close(self):
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+
 class _Connection:
     """A kept connection: its session, capabilities, TLS, use count."""
 
@@ -403,11 +467,12 @@ class Sender:
 
     def send_many(self, messages, *, progress=None):
         """Many messages: *messages* is an iterable of ``(sender,
-        recipients, message)``, consumed as the work goes (at most a few
-        per thread are held ahead).  Returns, in the same order, each
-        message's list of :class:`Outcome`.  *progress(Progress)* is
-        called from the sending threads after each transaction."""
-        import queue
+        recipients, message)``, consumed as the work goes (transactions
+        are read ahead of the threads, up to 512 or 16 per thread, so
+        that a kept connection can carry its domain's next messages).
+        Returns, in the same order, each message's list of
+        :class:`Outcome`.  *progress(Progress)* is called from the
+        sending threads after each transaction."""
         try:
             total = len(messages)
         except TypeError:
@@ -415,8 +480,7 @@ class Sender:
         state = Progress(total)
         lock = threading.Lock()
         results = []
-        jobs = queue.Queue(maxsize=2 * self.concurrency)
-        stop = object()
+        jobs = _Jobs(max(_LOOKAHEAD, 16 * self.concurrency))
 
         def finished(slot, outcomes, size):
             with lock:
@@ -436,11 +500,13 @@ class Sender:
                     pass
 
         def work():
+            domain = None
             while True:
-                job = jobs.get()
-                if job is stop:
+                job = jobs.get(domain)
+                if job is None:
                     return
                 slot, sender, host, group, message = job
+                domain = host.lower()
                 with lock:
                     state.in_flight += 1
                 outcomes = self._transaction(sender, host, group, message)
@@ -461,10 +527,10 @@ class Sender:
                         "order": recipients}
                 results.append(slot)
                 for host, group in groups:
-                    jobs.put((slot, sender, host, group, message))
+                    jobs.put(host.lower(), (slot, sender, host, group,
+                                            message))
         finally:
-            for _ in threads:
-                jobs.put(stop)
+            jobs.close()
             for thread in threads:
                 thread.join()
         return [self._in_order(slot) for slot in results]
