@@ -32,6 +32,10 @@ messages per second (wall) and CPU per message (user+sys of this
 process, or of the qmail-remote processes, from ``getrusage``), and each
 sender's rate over qmail-remote's and over aiosmtplib's.
 
+Then the peak RSS of a process that imports qmailremote and sends the N
+messages with ``Sender.send_many`` (given as a generator, the message by
+path), from ``getrusage``.
+
 ``--big 100M`` (default; ``--big 0`` skips it): one message of that size
 to ``--big-recipients`` (1,000) recipients over the D domains, sent by
 ``Sender.send`` (one transaction per domain, concurrently), against the
@@ -274,6 +278,30 @@ def big_run(home, path, domains, recipients, conc, per_host):
     return together, alone
 
 
+RSS_SCRIPT = """
+import resource, sys
+from qmailremote import Sender
+home, path, count, domains, conc, per_host = sys.argv[1:7]
+count, domains = int(count), int(domains)
+jobs = (("bench@sender.example", ["r%d@d%d.bench" % (n, n % domains)], path)
+        for n in range(count))
+with Sender(home=home, concurrency=int(conc), per_host=int(per_host)) as s:
+    out = s.send_many(jobs)
+assert all(o[0].delivered for o in out), "not delivered"
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss(home, path, count, domains, conc, per_host):
+    """Peak RSS (KiB) of a process sending *count* messages with Sender,
+    the message by path, the list given as a generator."""
+    done = subprocess.run([sys.executable, "-c", RSS_SCRIPT, home, path,
+                           str(count), str(domains), str(conc),
+                           str(per_host)], capture_output=True, text=True,
+                          check=True)
+    return int(done.stdout.split()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
@@ -340,6 +368,12 @@ def main():
                 if base in rates and base != name)
             print(f"  {name:17} {rates[name]:8.0f} msg/s  "
                   f"{per * 1e3:6.2f} ms CPU/msg{ratios}", flush=True)
+        if "sender" in names:
+            rss = peak_rss(home, path, args.messages, args.domains,
+                           args.concurrency, args.per_host)
+            print(f"peak RSS of a process sending the {args.messages} "
+                  f"messages with Sender (by path): {rss / 1024:.1f} MiB",
+                  flush=True)
         if parse_size(args.big) if args.big != "0" else 0:
             big = os.path.join(work, "big")
             generate(big, parse_size(args.big))
