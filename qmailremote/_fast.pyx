@@ -32,6 +32,8 @@ cdef enum:
     # Input is encoded in slices of this size, so the output buffer needs at
     # most 2 * C_SLICE bytes of headroom (each input byte gives <= 2 bytes).
     C_SLICE = 65536
+    # A Writer's buffer at first (it grows as needed).
+    C_INITIAL_BUFFER = 16384
 
 HUGESMTPTEXT = C_HUGESMTPTEXT
 MAX_REPLY_TEXT = C_MAX_REPLY_TEXT
@@ -480,11 +482,13 @@ cdef class Writer:
             size = C_QMAIL_BLOCK
         self._send = send
         self._size = size
-        # Resized, not bytearray(n): no zero fill, so the pages of the
-        # buffer a small message never reaches are never touched (a warm
-        # qmail-rspawn worker would otherwise own 1 MiB per delivery).
+        # Small at first, grown on demand (by doubling, up to what a full
+        # buffer and a slice's worst case need): a connection that only
+        # ever carries commands and small messages -- a warm qmail-rspawn
+        # worker's, or one of many a bulk Sender keeps -- never owns more.
+        # Resized, not bytearray(n): no zero fill.
         self._buf = bytearray()
-        PyByteArray_Resize(self._buf, size + 2 * C_SLICE)
+        PyByteArray_Resize(self._buf, C_INITIAL_BUFFER)
         self._len = 0
         self._sent = 0
         self._in_body = False
@@ -502,8 +506,13 @@ cdef class Writer:
         return self._sent
 
     cdef inline unsigned char *_reserve(self, Py_ssize_t extra) except NULL:
-        if self._len + extra > len(self._buf):
-            PyByteArray_Resize(self._buf, self._len + extra)
+        cdef Py_ssize_t need = self._len + extra
+        cdef Py_ssize_t have = len(self._buf)
+        if need > have:
+            have *= 2
+            if have > self._size + 2 * C_SLICE:
+                have = self._size + 2 * C_SLICE
+            PyByteArray_Resize(self._buf, need if need > have else have)
         return <unsigned char *>PyByteArray_AS_STRING(self._buf)
 
     def write(self, data):

@@ -137,6 +137,32 @@ def _groups(recipients):
     return list(groups.values())
 
 
+class _Message:
+    """One message's outcomes as its transactions end; once all have,
+    :attr:`outcomes` is in the order the recipients were given (and
+    nothing else is kept: 10,000 results stay small)."""
+
+    __slots__ = ("outcomes", "order", "left")
+
+    def __init__(self, recipients, transactions):
+        self.outcomes = []
+        self.order = recipients
+        self.left = transactions
+
+    def add(self, outcomes):
+        """A transaction's outcomes; True when they were the last."""
+        self.outcomes.extend(outcomes)
+        self.left -= 1
+        if self.left:
+            return False
+        by_recipient = {}
+        for outcome in self.outcomes:
+            by_recipient.setdefault(outcome.recipient, []).append(outcome)
+        self.outcomes = [by_recipient[r].pop(0) for r in self.order]
+        self.order = None
+        return True
+
+
 class _Shared:
     """One message, read by each of its transactions from the start.
 
@@ -264,10 +290,10 @@ class _Jobs:
                     mine.popleft()          # the same entry: its oldest
                 if not mine:
                     del self.by_domain[entry[1]]
-                entry[0] = True
+                job, entry[0], entry[2] = entry[2], True, None
                 self.count -= 1
                 self.cond.notify_all()
-                return entry[2]
+                return job
 
     def close(self):
         with self.cond:
@@ -409,6 +435,7 @@ class Sender:
         self._resolver_lock = threading.Lock()
         self.concurrency = concurrency
         self._pool = _Pool(concurrency, per_host, idle, per_connection)
+        self._hosts = {}
         self._home_fd = None
         self.reload()
 
@@ -484,13 +511,11 @@ class Sender:
 
         def finished(slot, outcomes, size):
             with lock:
-                slot["outcomes"].extend(outcomes)
-                slot["left"] -= 1
                 state.in_flight -= 1
                 state.bytes += size
-                if slot["left"] == 0:
+                if slot.add(outcomes):
                     state.messages += 1
-                    if not all(o.delivered for o in slot["outcomes"]):
+                    if not all(o.delivered for o in slot.outcomes):
                         state.failed += 1
                 snapshot = state.copy() if progress is not None else None
             if snapshot is not None:
@@ -523,8 +548,7 @@ class Sender:
                 recipients = [_bytes(r) for r in recipients]
                 groups = _groups(recipients) if recipients else [(b"", [])]
                 message = _Shared(message)
-                slot = {"outcomes": [], "left": len(groups),
-                        "order": recipients}
+                slot = _Message(recipients, len(groups))
                 results.append(slot)
                 for host, group in groups:
                     jobs.put(host.lower(), (slot, sender, host, group,
@@ -533,18 +557,7 @@ class Sender:
             jobs.close()
             for thread in threads:
                 thread.join()
-        return [self._in_order(slot) for slot in results]
-
-    @staticmethod
-    def _in_order(slot):
-        """The outcomes in the order the recipients were given."""
-        by_recipient = {}
-        for outcome in slot["outcomes"]:
-            by_recipient.setdefault(outcome.recipient, []).append(outcome)
-        ordered = []
-        for recipient in slot["order"]:
-            ordered.append(by_recipient[recipient].pop(0))
-        return ordered
+        return [slot.outcomes for slot in results]
 
     # -- one transaction ------------------------------------------------------
 
@@ -576,7 +589,8 @@ class Sender:
                 os.close(opened)
         outcomes = []
         if ip is not None:
-            ip = ip.decode("ascii")
+            # one str per server, not per transaction
+            ip = self._hosts.setdefault(ip, ip.decode("ascii"))
         reports = result.recipients
         for i, recipient in enumerate(recipients):
             report = reports[i] if i < len(reports) else None
