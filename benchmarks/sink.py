@@ -155,6 +155,50 @@ def server_tls():
     return ctx, ca_pem, how
 
 
+class _Late:
+    """A connection's replies, each written when it is due, while the sink
+    goes on reading (a server far away: its input is not held up by the
+    replies' trip).  One thread: reads wait in ``poll`` until input comes
+    or the next reply is due."""
+
+    def __init__(self):
+        import collections
+        self._due = collections.deque()     # (when, socket, bytes)
+
+    def send(self, sock, data, due):
+        self._due.append((due, sock, data))
+
+    def _write_due(self, now):
+        while self._due and self._due[0][0] <= now:
+            _, sock, data = self._due.popleft()
+            sock.sendall(data)
+
+    def wait_input(self, sock):
+        """Write replies as they fall due until *sock* has input."""
+        import select
+        poller = select.poll()      # not select(): descriptors past 1024
+        poller.register(sock, select.POLLIN)
+        while True:
+            now = time.monotonic()
+            self._write_due(now)
+            if getattr(sock, "pending", lambda: 0)():
+                return          # TLS: decrypted bytes already buffered
+            timeout = None if not self._due else \
+                max(0, int((self._due[0][0] - now) * 1000) + 1)
+            if poller.poll(timeout):
+                return
+
+    def drain(self):
+        """Write everything queued, each when it is due."""
+        while self._due:
+            wait = self._due[0][0] - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._write_due(time.monotonic())
+
+    close = drain
+
+
 class Sink:
     """``with Sink(...) as sink:`` listens on ``sink.port`` (127.0.0.1,
     or *host*: an IPv6 address such as ``::1`` works too)."""
@@ -172,7 +216,8 @@ class Sink:
         self.host, self.port = self._listener.getsockname()[:2]
         self.size = size
         # Seconds each batch of replies waits after the input it answers
-        # (the greeting: after the accept): a server that far away.
+        # (the greeting: after the accept), written by a thread of the
+        # connection's own while it reads on: a server that far away.
         self.delay = delay
         lines = [b"sink", b"8BITMIME"]
         if size is not None:
@@ -241,6 +286,14 @@ class Sink:
                 self.closed += 1
 
     def _dialogue(self, conn, received, wrapped):
+        late = []
+        try:
+            self._talk(conn, received, wrapped, late)
+        finally:
+            for writer in late:
+                writer.close()
+
+    def _talk(self, conn, received, wrapped, lates):
         buf = bytearray(_CARRY + _CHUNK)
         view = memoryview(buf)
         pending = bytearray()   # input read but not yet consumed
@@ -248,16 +301,24 @@ class Sink:
 
         delay = self.delay
         heard = [time.monotonic()]   # when the input being answered came
+        late = _Late() if delay else None
+        if late is not None:
+            lates.append(late)
+
+        def send(data):
+            """Replies: now, or *delay* after the input they answer."""
+            if late is None:
+                conn.sendall(data)
+            else:
+                late.send(conn, data, heard[0] + delay)
 
         def fill():
             """Flush the replies, then wait for more input; False at EOF."""
             if out:
-                if delay:
-                    wait = heard[0] + delay - time.monotonic()
-                    if wait > 0:
-                        time.sleep(wait)
-                conn.sendall(b"".join(out))
+                send(b"".join(out))
                 out.clear()
+            if late is not None:
+                late.wait_input(conn)
             n = conn.recv_into(view)
             if delay:
                 heard[0] = time.monotonic()
@@ -282,9 +343,13 @@ class Sink:
                 first = bytes(pending)
                 pending.clear()
                 if out:
-                    conn.sendall(b"".join(out))
+                    send(b"".join(out))
                     out.clear()
+                if late is not None:
+                    late.drain()    # the body comes after the 354 arrives
                 size, rest = self._body(conn, buf, first, received)
+                if delay:
+                    heard[0] = time.monotonic()
                 pending.extend(rest)
                 self._count(size)
                 out.append(b"250 ok %d bytes\r\n" % size)
@@ -335,8 +400,10 @@ class Sink:
             elif verb == b"STAR" and line[:8].upper() == b"STARTTLS" and \
                     self.tls_context is not None and not wrapped:
                 out.append(b"220 2.0.0 ready to start TLS\r\n")
-                conn.sendall(b"".join(out))
+                send(b"".join(out))
                 out.clear()
+                if late is not None:
+                    late.drain()
                 pending.clear()     # pipelined behind STARTTLS: dropped
                 # OpenSSL writes the session tickets after the handshake in
                 # writes of their own, and the reply to the next EHLO after

@@ -10,7 +10,8 @@ a number of transactions (``drop_after``: the client can see it before its
 next transaction) or at the next ``MAIL`` after a number of them
 (``hangup_at_mail``: it cannot), and can refuse recipients (``refuse``:
 local part -> reply).  With ``keep_bodies=False`` a body is recorded as
-its length.  Used as a context manager.
+its length; with ``tls`` (a server ``ssl.SSLContext``) it offers
+STARTTLS and counts ``handshakes``.  Used as a context manager.
 """
 
 import socket
@@ -23,6 +24,7 @@ class _Conn:
     def __init__(self, sock):
         self.sock = sock
         self.buf = bytearray()
+        self.secure = False
 
     def line(self):
         while True:
@@ -71,8 +73,10 @@ class MailSink:
     def __init__(self, *, pipelining=True, chunking=True, drop_after=None,
                  hangup_at_mail=None, refuse=None,
                  final=b"250 ok queued\r\n", host="127.0.0.1",
-                 keep_bodies=True):
+                 keep_bodies=True, tls=None):
         self.pipelining = pipelining
+        self.tls = tls             # a server SSLContext: STARTTLS offered
+        self.handshakes = 0
         self.keep_bodies = keep_bodies
         self.hangup_at_mail = hangup_at_mail
         self.chunking = chunking
@@ -128,6 +132,7 @@ class MailSink:
         finally:
             with self.lock:
                 self.open -= 1
+            conn.sock.close()
             sock.close()
 
     def _dialogue(self, conn, record):
@@ -143,6 +148,8 @@ class MailSink:
                     conn.send(b"250 sink\r\n")
                     continue
                 lines = [b"sink"]
+                if self.tls is not None and not conn.secure:
+                    lines.append(b"STARTTLS")
                 if self.pipelining:
                     lines.append(b"PIPELINING")
                 if self.chunking:
@@ -193,6 +200,17 @@ class MailSink:
                     mail, rcpts, chunks = None, [], []
                 else:
                     conn.send(b"250 chunk\r\n")
+            elif line.upper() == b"STARTTLS" and self.tls is not None:
+                conn.send(b"220 go ahead\r\n")
+                try:
+                    conn.sock = self.tls.wrap_socket(conn.sock,
+                                                     server_side=True)
+                except OSError:
+                    return
+                conn.buf.clear()
+                conn.secure = True
+                with self.lock:
+                    self.handshakes += 1
             elif verb == b"RSET":
                 mail, rcpts, chunks = None, [], []
                 with self.lock:

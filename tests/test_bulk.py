@@ -189,6 +189,36 @@ def test_failed_transaction_with_pipelining_closes(home):
         assert len(x.connections) == 2 and x.rsets == 0
 
 
+@pytest.fixture(scope="module")
+def server_tls():
+    import ssl
+    import trustme
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return context
+
+
+def test_tls_connection_kept_with_its_handshake(home, server_tls):
+    """Opportunistic STARTTLS once per connection: three messages, one
+    handshake; each outcome says TLS, and the K text carries the TLS line
+    the drop-in adds with control/tlsreport."""
+    (home / "control" / "tlsreport").write_bytes(b"")
+    with MailSink(tls=server_tls) as x:
+        routes(home, x_test=x)
+        with Sender(home=str(home), concurrency=1) as sender:
+            results = sender.send_many(
+                [(SENDER, [b"r%d@x.test" % i], BODY) for i in range(3)])
+        assert x.handshakes == 1 and len(x.connections) == 1
+        single = deliver(b"x.test", SENDER, [b"r@x.test"], BODY,
+                         home=str(home))
+        assert x.handshakes == 2
+    for (outcome,) in results:
+        assert outcome.delivered and outcome.tls is True
+        assert outcome.message_text == single.message.text
+    assert b"\nTLS TLSv1." in single.message.text
+
+
 def test_noesmtp_is_one_connection_per_transaction(home):
     (home / "control" / "noesmtp").write_bytes(b"")
     with MailSink() as x:
@@ -436,41 +466,60 @@ DOMAINS = ["a.test", "b.test", "c.test", "d.test", "e.test"]
 
 @pytest.fixture(scope="module")
 def world():
+    """What the DNS says of each domain when no route names it: a.test a
+    null MX, b.test an MX whose host has no address, c.test a CNAME to a
+    name with such an MX (canonicalised first), d.test SERVFAIL, e.test
+    nothing (NXDOMAIN).  No answer leads to a connection: every server
+    reached is one of the two sinks, through a route."""
     with DNSServer() as dns, MailSink() as one, MailSink() as two:
         dns.add("relay-one.test", "A", "127.0.0.1")
+        dns.add("a.test", "MX", "0 .")
+        dns.add("b.test", "MX", "10 nowhere.b.test.")
         dns.add("c.test", "CNAME", "canon.test.")
         dns.add("canon.test", "MX", "10 mx.canon.test.")
         dns.behave("d.test", "rcode", rcode="SERVFAIL")
         yield dns, one, two
 
 
-def _world_routes(home, one, two):
-    # a.test: to server one, by a name the DNS gives; b.test: to server two
-    # by address; c.test: a CNAME with an MX (canonicalised, then an MX
-    # whose host has no address: a bounce); d.test: SERVFAIL; e.test:
-    # NXDOMAIN.
-    (home / "control" / "smtproutes").write_bytes(
-        b"a.test:relay-one.test:%d\nb.test:127.0.0.1:%d\n" % (one.port,
-                                                              two.port))
+#: A route for a domain: none (the DNS decides), to server one by a name
+#: the DNS gives, to server two by address, or to a relay with no address.
+ROUTES = [None, "one", "two", "ghost"]
 
 
-@settings(max_examples=25, deadline=None,
+def _world_routes(home, one, two, chosen):
+    lines = []
+    for domain, route in zip(DOMAINS, chosen):
+        if route == "one":
+            lines.append(b"%s:relay-one.test:%d\n" % (domain.encode(),
+                                                      one.port))
+        elif route == "two":
+            lines.append(b"%s:127.0.0.1:%d\n" % (domain.encode(), two.port))
+        elif route == "ghost":
+            lines.append(b"%s:ghost.test\n" % domain.encode())
+    (home / "control" / "smtproutes").write_bytes(b"".join(lines))
+
+
+@settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.sampled_from(["x", "y", "z.w", "q"]),
+@given(st.lists(st.sampled_from(ROUTES), min_size=5, max_size=5),
+       st.lists(st.tuples(st.sampled_from(["x", "y", "z.w", "q"]),
                           st.sampled_from(DOMAINS),
                           st.sampled_from(["lower", "upper", "title"])),
                 min_size=1, max_size=8))
-def test_same_as_one_qmail_remote_run_per_domain(home, world, picks):
+def test_same_as_one_qmail_remote_run_per_domain(home, world, chosen,
+                                                 picks):
+    """For random routes over a DNS world and random recipient lists,
+    Sender.send gives each recipient the outcome deliver() -- one
+    qmail-remote run per domain, with that domain's recipients -- gives
+    it, and the servers see the same transactions."""
     dns, one, two = world
-    _world_routes(home, one, two)
+    _world_routes(home, one, two, chosen)
     recipients = []
     for local, domain, case in picks:
         domain = {"lower": domain, "upper": domain.upper(),
                   "title": domain.title()}[case]
         recipients.append(f"{local}@{domain}".encode())
     resolver = Resolver([(dns.host, dns.port)], timeout=1, attempts=1)
-    # the oracle: one deliver() per domain, as qmail-send would run
-    # qmail-remote, with the domain's recipients in their order
     before = (len(one.transactions), len(two.transactions))
     groups = {}
     for r in recipients:
@@ -498,3 +547,21 @@ def test_same_as_one_qmail_remote_run_per_domain(home, world, picks):
                 o.message_text) == expected[o.recipient].pop(0)
     for mine, theirs in zip(got, oracle):
         assert sorted(mine) == sorted(theirs)
+
+
+def test_the_command_path_imports_no_bulk_code(home):
+    """A whole delivery through cli.run (what qmail-remote runs) leaves
+    qmailremote.bulk unimported."""
+    import subprocess
+    import sys
+    with MailSink() as x:
+        routes(home, x_test=x)
+        code = ("import sys\n"
+                "from qmailremote import cli\n"
+                "out = cli.run([b'x.test', b'f@me.example', b'r@x.test'],"
+                " b'Subject: x\\n\\nhi\\n')\n"
+                "print(out[:3].decode(), 'qmailremote.bulk' in sys.modules)")
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True,
+            text=True, timeout=60, env=dict(os.environ, QMAILHOME=str(home)))
+    assert done.stdout.split() == ["r\0K", "False"], done.stderr
