@@ -623,12 +623,9 @@ class Sender:
         for ip, name in where.candidates:
             if tcpto.skip(ip):
                 continue
-            starter_key = None
-            if tls is not None:
-                starter = tls.starter(name, port)
-                if starter is not None:
-                    starter_key = (starter.mode, starter.ca_label,
-                                   starter.implicit, name)
+            starter = tls.starter(name, port) if tls is not None else None
+            starter_key = None if starter is None else (
+                starter.mode, starter.ca_label, starter.implicit, name)
             credentials = where.credentials
             key = (ip, port, starter_key,
                    None if credentials is None else
@@ -636,9 +633,9 @@ class Sender:
                     credentials.mechanisms, credentials.plaintext_ok),
                    source.ip if source is not None else None, helohost)
             if controls.esmtp:
-                outcome = self._on_connection(key, ip, name, port, source,
+                outcome = self._on_connection(key, ip, port, source,
                                               helohost, where, message,
-                                              tcpto)
+                                              tcpto, starter)
             else:
                 outcome = self._classic(key, ip, port, source, helohost,
                                         where, message, tcpto)
@@ -663,10 +660,11 @@ class Sender:
             self._pool.release_slot(key)   # run() said QUIT and closed
         return result, ip_text(ip), False
 
-    def _on_connection(self, key, ip, name, port, source, helohost, where,
-                       message, tcpto):
-        """The transaction on a kept connection to *ip*, or a new one: its
-        (Result, ip text, tls), or None when *ip* cannot be reached."""
+    def _on_connection(self, key, ip, port, source, helohost, where,
+                       message, tcpto, starter):
+        """The transaction on a kept connection to *ip*, or a new one (TLS
+        by *starter*): its (Result, ip text, tls), or None when *ip*
+        cannot be reached."""
         from .mx import ip_text
 
         controls = self._controls
@@ -679,8 +677,6 @@ class Sender:
                 conn = pool.acquire(key)
                 reused = conn is not None
             if conn is None:
-                starter = self._tls.starter(name, port) \
-                    if self._tls is not None else None
                 conn = self._connect(key, ip, port, source, starter, tcpto)
                 if conn is None:
                     return None
@@ -688,12 +684,12 @@ class Sender:
             result, ended, usable = session.transact(
                 _stepper(conn, helohost, where, message, controls))
             conn.used += 1
-            starter = conn.starter
-            if conn.caps is None and starter is not None and \
-                    starter.fell_back:
+            used = conn.starter
+            if conn.caps is None and used is not None and used.fell_back:
                 # The opportunistic handshake failed: once more, in clear,
-                # as qmail-remote does (that connection is not kept).
-                pool.release(conn, False, quit=False)
+                # as qmail-remote does, in the same place in the pool
+                # (that connection is not kept).
+                conn.close(quit=False)
                 again = self._connect(key, ip, port, source, None, tcpto)
                 if again is None:
                     return None
@@ -711,10 +707,10 @@ class Sender:
             keep = usable and conn.caps is not None and (
                 ended or (not conn.caps.pipelining and session.reset()))
             pool.release(conn, keep, quit=usable)
-            tls = starter is not None and starter.version is not None
+            tls = used is not None and used.version is not None
             if tls and result.accepted:
                 result.message = Report("K", result.message.text +
-                                        starter.report_line())
+                                        used.report_line())
             return result, ip_text(ip), tls
         return None
 

@@ -11,7 +11,8 @@ next transaction) or at the next ``MAIL`` after a number of them
 (``hangup_at_mail``: it cannot), and can refuse recipients (``refuse``:
 local part -> reply).  With ``keep_bodies=False`` a body is recorded as
 its length; with ``tls`` (a server ``ssl.SSLContext``) it offers
-STARTTLS and counts ``handshakes``.  Used as a context manager.
+STARTTLS and counts ``handshakes`` (``break_tls``: it hangs up instead
+of the handshake).  Used as a context manager.
 """
 
 import socket
@@ -73,8 +74,9 @@ class MailSink:
     def __init__(self, *, pipelining=True, chunking=True, drop_after=None,
                  hangup_at_mail=None, refuse=None,
                  final=b"250 ok queued\r\n", host="127.0.0.1",
-                 keep_bodies=True, tls=None):
+                 keep_bodies=True, tls=None, break_tls=False):
         self.pipelining = pipelining
+        self.break_tls = break_tls  # hang up instead of the handshake
         self.tls = tls             # a server SSLContext: STARTTLS offered
         self.handshakes = 0
         self.keep_bodies = keep_bodies
@@ -202,6 +204,8 @@ class MailSink:
                     conn.send(b"250 chunk\r\n")
             elif line.upper() == b"STARTTLS" and self.tls is not None:
                 conn.send(b"220 go ahead\r\n")
+                if self.break_tls:
+                    return
                 try:
                     conn.sock = self.tls.wrap_socket(conn.sock,
                                                      server_side=True)

@@ -219,6 +219,26 @@ def test_tls_connection_kept_with_its_handshake(home, server_tls):
     assert b"\nTLS TLSv1." in single.message.text
 
 
+def test_failed_opportunistic_tls_falls_back_to_clear(home, server_tls):
+    """The server hangs up where the handshake should be: as qmail-remote
+    does, the transaction is made again at once, in clear, on a new
+    connection; the outcome is the drop-in's."""
+    with MailSink(tls=server_tls, break_tls=True) as x:
+        routes(home, x_test=x)
+        with Sender(home=str(home), concurrency=1) as sender:
+            results = sender.send_many(
+                [(SENDER, [b"r%d@x.test" % i], BODY) for i in range(2)])
+        single = deliver(b"x.test", SENDER, [b"r@x.test"], BODY,
+                         home=str(home))
+        assert rcpts(x.transactions) == [[b"<r0@x.test>"], [b"<r1@x.test>"],
+                                         [b"<r@x.test>"]]
+        # each message: the broken attempt, then the clear one
+        assert [len(c) for c in x.connections] == [0, 1, 0, 1, 0, 1]
+    for (outcome,) in results:
+        assert outcome.delivered and outcome.tls is False
+        assert outcome.message_text == single.message.text
+
+
 def test_noesmtp_is_one_connection_per_transaction(home):
     (home / "control" / "noesmtp").write_bytes(b"")
     with MailSink() as x:
