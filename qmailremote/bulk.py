@@ -43,7 +43,7 @@ import threading
 import time
 
 from .control import open_home, read_controls
-from .delivery import ipme_of, plan
+from .delivery import ipme_of, plan, source_for
 from .report import (TEMP_NOCONN, TEMP_NOMEM, Failure, Report, Result,
                      internal_error)
 
@@ -602,7 +602,6 @@ class Sender:
 
     def _deliver(self, sender, host, recipients, message):
         """deliver()'s _run with kept connections: (Result, ip, tls)."""
-        from .binding import select_source
         from .tcpto import TcpTo
 
         controls = self._controls
@@ -610,10 +609,7 @@ class Sender:
             from .report import PERM_USAGE
             raise Failure(PERM_USAGE)
         home_fd = self._home_fd
-        helohost = controls.helohost
-        source = select_source(home_fd, sender) if controls.esmtp else None
-        if source is not None and source.helohost is not None:
-            helohost = source.helohost
+        source, helohost = source_for(home_fd, controls, sender)
         if controls.esmtp:
             message.count_ahead()
         where = plan(home_fd, controls, host, sender, recipients,

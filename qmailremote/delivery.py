@@ -17,7 +17,7 @@ from .report import (PERM_AMBIGMX, PERM_CRLF, PERM_NOMX, PERM_USAGE,
 from .routes import SMTP_PORT, build_table, find_route, find_sender_route
 
 __all__ = ["deliver", "quote", "mangle", "listed_as_mx", "plan", "Plan",
-           "ipme_of"]
+           "ipme_of", "source_for"]
 
 # quote.c's table of bytes that may appear unquoted in a local part.
 _ATOM = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -223,6 +223,20 @@ def plan(home_fd, controls, host, sender, recipients, me_of, resolver_of):
                 _candidates(addresses, me, route, all_aliases), credentials)
 
 
+def source_for(home_fd, controls, sender):
+    """The source address and the HELO name: (Source or None, helohost).
+
+    ESMTP only (README, "Source address"), by the sender as given.
+    """
+    if not controls.esmtp:
+        return None, controls.helohost
+    from .binding import select_source
+    source = select_source(home_fd, sender)
+    if source is not None and source.helohost is not None:
+        return source, source.helohost
+    return source, controls.helohost
+
+
 def ipme_of(esmtp):
     """ipme(), or Failure(TEMP_OSERR) when the interfaces cannot be read."""
     from .mx import ipme
@@ -233,7 +247,6 @@ def ipme_of(esmtp):
 
 
 def _run(host, sender, recipients, message, home, resolver, transcript):
-    from .binding import select_source
     from .mx import Resolver, ip_text
     from .session import Session, classic, connect
     from .tcpto import TcpTo
@@ -244,11 +257,7 @@ def _run(host, sender, recipients, message, home, resolver, transcript):
     home_fd = open_home(home)
     try:
         controls = read_controls(home_fd)
-        # The source address and its HELO name (ESMTP only; README,
-        # "Source address"), by the sender as given.
-        source = select_source(home_fd, sender) if controls.esmtp else None
-        if source is not None and source.helohost is not None:
-            controls.helohost = source.helohost
+        source, controls.helohost = source_for(home_fd, controls, sender)
         if controls.esmtp:
             # SIZE= needs a pass over the message: it runs beside DNS, the
             # connection and EHLO (nothing is read from a pipe here).
