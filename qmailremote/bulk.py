@@ -19,10 +19,10 @@ message.  A :class:`Sender` sends many messages to many domains:
   PIPELINING, replies may still be on their way, so the connection is
   closed).  Kept connections are closed after ``idle`` seconds unused or
   ``per_connection`` transactions; one that the server closed meanwhile
-  is noticed before it is used, and one that dies before the end of the
-  message was sent is replaced and the transaction made again (the
-  server cannot have taken the message); after that point, the drop is
-  reported as qmail-remote reports it;
+  is noticed before it is used, and one that dies before the server
+  answered anything of the transaction (it answers MAIL before it can
+  take a message) is replaced and the transaction made again; after
+  that, the drop is reported as qmail-remote reports it;
 * under ``control/noesmtp`` every transaction is a qmail-remote run of its
   own: 1.06's dialogue, a connection each, QUIT.
 
@@ -43,7 +43,7 @@ import threading
 import time
 
 from .control import open_home, read_controls
-from .delivery import ipme_of, plan, source_for
+from .delivery import _bytes, ipme_of, plan, source_for
 from .report import (TEMP_NOCONN, TEMP_NOMEM, Failure, Report, Result,
                      internal_error)
 
@@ -106,7 +106,7 @@ class Progress:
 
     def __init__(self, total):
         self.messages = 0      # messages whose every transaction ended
-        self.bytes = 0         # message bytes of the transactions ended
+        self.bytes = 0         # message bytes of the transactions accepted
         self.in_flight = 0     # transactions running
         self.failed = 0        # messages with a recipient not delivered
         self.total = total     # messages given (None: an open iterable)
@@ -120,10 +120,6 @@ class Progress:
     def __repr__(self):
         return (f"Progress(messages={self.messages}, bytes={self.bytes}, "
                 f"in_flight={self.in_flight}, failed={self.failed})")
-
-
-def _bytes(text):
-    return text if isinstance(text, bytes) else os.fsencode(text)
 
 
 def _groups(recipients):
