@@ -12,7 +12,8 @@ next transaction) or at the next ``MAIL`` after a number of them
 local part -> reply).  With ``keep_bodies=False`` a body is recorded as
 its length; with ``tls`` (a server ``ssl.SSLContext``) it offers
 STARTTLS and counts ``handshakes`` (``break_tls``: it hangs up instead
-of the handshake).  Used as a context manager.
+of the handshake); with ``auth`` (user, password) it offers AUTH PLAIN
+and counts ``logins``.  Used as a context manager.
 """
 
 import socket
@@ -74,8 +75,10 @@ class MailSink:
     def __init__(self, *, pipelining=True, chunking=True, drop_after=None,
                  hangup_at_mail=None, refuse=None,
                  final=b"250 ok queued\r\n", host="127.0.0.1",
-                 keep_bodies=True, tls=None, break_tls=False):
+                 keep_bodies=True, tls=None, break_tls=False, auth=None):
         self.pipelining = pipelining
+        self.auth = auth            # (user, password): AUTH PLAIN offered
+        self.logins = 0
         self.break_tls = break_tls  # hang up instead of the handshake
         self.tls = tls             # a server SSLContext: STARTTLS offered
         self.handshakes = 0
@@ -152,6 +155,8 @@ class MailSink:
                 lines = [b"sink"]
                 if self.tls is not None and not conn.secure:
                     lines.append(b"STARTTLS")
+                if self.auth is not None:
+                    lines.append(b"AUTH PLAIN")
                 if self.pipelining:
                     lines.append(b"PIPELINING")
                 if self.chunking:
@@ -215,6 +220,16 @@ class MailSink:
                 conn.secure = True
                 with self.lock:
                     self.handshakes += 1
+            elif line[:11].upper() == b"AUTH PLAIN " and self.auth:
+                import base64
+                user, password = self.auth
+                given = base64.b64decode(line[11:])
+                if given == b"\0" + user + b"\0" + password:
+                    with self.lock:
+                        self.logins += 1
+                    conn.send(b"235 ok\r\n")
+                else:
+                    conn.send(b"535 no\r\n")
             elif verb == b"RSET":
                 mail, rcpts, chunks = None, [], []
                 with self.lock:

@@ -239,6 +239,25 @@ def test_failed_opportunistic_tls_falls_back_to_clear(home, server_tls):
         assert outcome.message_text == single.message.text
 
 
+def test_auth_once_per_kept_connection(home):
+    """A relay with credentials (sagredo's smtproutes dialect): one AUTH
+    for the connection, every MAIL with AUTH=<>, as the drop-in sends."""
+    with MailSink(auth=(b"relayuser", b"pa:ss")) as x:
+        (home / "control" / "smtproutes").write_bytes(
+            b"x.test:127.0.0.1:%d|relayuser|pa:ss\n" % x.port)
+        with Sender(home=str(home), concurrency=1) as sender:
+            results = sender.send_many(
+                [(SENDER, [b"r%d@x.test" % i], BODY) for i in range(3)])
+        assert all(o.delivered for out in results for o in out)
+        assert x.logins == 1 and len(x.connections) == 1
+        assert [t[0] for t in x.transactions] == [
+            b"<from@me.example> AUTH=<>"] * 3
+        single = deliver(b"x.test", SENDER, [b"r@x.test"], BODY,
+                         home=str(home))
+        assert single.accepted and x.logins == 2
+        assert x.transactions[-1][0] == b"<from@me.example> AUTH=<>"
+
+
 def test_noesmtp_is_one_connection_per_transaction(home):
     (home / "control" / "noesmtp").write_bytes(b"")
     with MailSink() as x:
