@@ -601,6 +601,6 @@ def test_the_command_path_imports_no_bulk_code(home):
                 " b'Subject: x\\n\\nhi\\n')\n"
                 "print(out[:3].decode(), 'qmailremote.bulk' in sys.modules)")
         done = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True,
+            [sys.executable, "-c", code], capture_output=True, cwd="/",
             text=True, timeout=60, env=dict(os.environ, QMAILHOME=str(home)))
     assert done.stdout.split() == ["r\0K", "False"], done.stderr

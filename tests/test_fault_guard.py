@@ -163,8 +163,10 @@ def test_guard_disarmed_after_each_call(unmapped):
 
 
 def _python(code, *flags):
+    # From /: the installed package, not a checkout's qmailremote/ (which
+    # has no compiled kernel when the wheel was built elsewhere).
     return subprocess.run([sys.executable, *flags, "-c", code],
-                          capture_output=True, timeout=60)
+                          capture_output=True, timeout=60, cwd="/")
 
 
 ARM = ("import mmap\n"
