@@ -143,27 +143,29 @@ def _worker_main(sock, per_worker):
 def _threaded(sock, count):
     """Up to *count* delivery threads fed from this one; the spawner never
     hands a worker more jobs than that.  A thread is started only when a
-    job finds every thread busy (each one's stack stays resident once
-    used).  At the socket's end the running deliveries finish and are
-    sent, then the worker exits."""
+    job finds every thread busy -- counted from the handing over of a job
+    to its end, so that a thread between taking a job and starting it is
+    busy (each one's stack stays resident once used).  At the socket's
+    end the running deliveries finish and are sent, then the worker
+    exits."""
     import queue
     import threading
     jobs = queue.SimpleQueue()
     sending = threading.Lock()
     threads = []
-    waiting = [0]            # threads blocked in jobs.get()
+    outstanding = [0]        # jobs handed to the threads and not finished
     counting = threading.Lock()
 
     def deliver():
         while True:
-            with counting:
-                waiting[0] += 1
             job = jobs.get()
-            with counting:
-                waiting[0] -= 1
             if job is None:
                 return
             frame = _result(job)
+            # Free before the report goes: the spawner may answer it with
+            # the next job at once, which this thread then takes.
+            with counting:
+                outstanding[0] -= 1
             with sending:
                 try:
                     sock.sendall(frame)
@@ -175,8 +177,9 @@ def _threaded(sock, count):
         if job is None:
             break
         with counting:
-            free = waiting[0] - jobs.qsize()
-        if free <= 0 and len(threads) < count:
+            outstanding[0] += 1
+            busy = outstanding[0] > len(threads)
+        if busy and len(threads) < count:
             thread = threading.Thread(target=deliver, daemon=True)
             thread.start()
             threads.append(thread)

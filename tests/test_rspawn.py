@@ -1112,6 +1112,34 @@ def test_fault_reading_a_message_costs_that_delivery_only(home):
             s.kill()
 
 
+def test_threads_take_every_job_handed_at_once(home):
+    """Round after round, two deliveries handed to one worker (four a
+    worker, one CPU) at once must both be running -- both servers see
+    their connection -- before either can end.  A worker that counted a
+    thread busy only once it had started its job took the second job for
+    free and left it queued behind the first (seen on CPython 3.13)."""
+    rounds = 30
+    releases = [threading.Event() for _ in range(rounds)]
+    with ScriptedServer([held_script(e) for e in releases]) as one, \
+            ScriptedServer([held_script(e) for e in releases]) as two:
+        home.routes(one=one, two=two)
+        s = Spawner(home, "threads")
+        try:
+            assert s.read(1) == b"x"
+            for n in range(rounds):
+                s.write(cmd(0, "1/100", "a@one.test")
+                        + cmd(1, "1/100", "b@two.test"))
+                one.wait_connections(n + 1)
+                two.wait_connections(n + 1)
+                releases[n].set()
+                assert sorted(s.reports(2)) == [(0, ACCEPTED), (1, ACCEPTED)]
+            assert s.finish() == (b"", 0)
+            one.wait_done(connections=rounds)
+            two.wait_done(connections=rounds)
+        finally:
+            s.kill()
+
+
 def test_slots_finish_out_of_order(spawn, home):
     release = threading.Event()
     with ScriptedServer(held_script(release)) as held, \
