@@ -343,6 +343,19 @@ cdef void run_job(void *arg) noexcept nogil:
             job.dots += 1
 
 
+cdef int run_over(object data, Job *job) except -1:
+    """run_guarded(job) over *data*'s bytes (its src and n)."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        job.src = <const unsigned char *>view.buf
+        job.n = view.len
+        run_guarded(job)
+    finally:
+        PyBuffer_Release(&view)
+    return 0
+
+
 cdef int run_guarded(Job *job) except -1:
     """run_job(job) without the GIL; OSError if reading faulted."""
     cdef int sig
@@ -356,7 +369,6 @@ cdef int run_guarded(Job *job) except -1:
 
 def body_counts(data, bint at_line_start):
     """``(lfs, dots)`` for one chunk of a message (see ``_fast_py``)."""
-    cdef Py_buffer view
     cdef BlastState st
     cdef Job job
     st.at_line_start = at_line_start
@@ -364,28 +376,15 @@ def body_counts(data, bint at_line_start):
     job.st = &st
     job.lfs = 0
     job.dots = 0
-    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-    try:
-        job.src = <const unsigned char *>view.buf
-        job.n = view.len
-        run_guarded(&job)
-    finally:
-        PyBuffer_Release(&view)
+    run_over(data, &job)
     return job.lfs, job.dots
 
 
 def ends_line(data):
     """True when *data* is empty or ends with LF (see ``_fast_py``)."""
-    cdef Py_buffer view
     cdef Job job
     job.kind = J_ENDS
-    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-    try:
-        job.src = <const unsigned char *>view.buf
-        job.n = view.len
-        run_guarded(&job)
-    finally:
-        PyBuffer_Release(&view)
+    run_over(data, &job)
     return bool(job.result)
 
 cdef inline Py_ssize_t crlf_copy(const unsigned char *src, Py_ssize_t n,

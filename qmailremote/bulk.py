@@ -33,8 +33,10 @@ raises for a failed delivery; temporary failures are returned, never
 retried (README, "Bulk sending").
 
 Control files are read when the Sender is made (``reload()`` reads them
-again); ``queue/lock/tcpto`` is read and updated per connection attempt,
-as qmail-remote does.
+again), except those :func:`qmailremote.delivery.plan` reads once the
+route is known (``addresspreference``, the AUTH files), read per
+transaction; ``queue/lock/tcpto`` is read and updated per connection
+attempt, as qmail-remote does.
 """
 
 import os

@@ -53,6 +53,7 @@ def test_one_transaction_per_domain_case_insensitively(home):
                                           b"c@X.TEST", b"d@x.Test"]
     assert all(o.delivered and o.letter == "r" and o.message_letter == "K"
                for o in out)
+    assert all(type(o) is Outcome for o in out)
     assert all(o.host == "127.0.0.1" and o.tls is False for o in out)
     (tx,) = x.transactions
     (ty,) = y.transactions
